@@ -1,0 +1,74 @@
+"""Command line: ``python -m unet {sample,check,train,predict,evaluate} ...``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .io import DataError
+
+
+def _sample(args) -> int:
+    from .synthetic import write_sample
+
+    out = write_sample(args.out, seed=args.seed, n_train=args.n_train, n_test=args.n_test, n_tissue=args.n_tissue)
+    print(f"synthetic sample written to {out}/dsb2018 (nuclei, Kaggle layout) and {out}/tissue (4 classes)")
+    return 0
+
+
+def _check(args) -> int:
+    from .data import check_dataset, image_modes
+
+    try:
+        datasets = check_dataset(args.data, args.kind, mask_mode=args.mask_mode, stray=args.stray,
+                                require_labels=not args.unlabeled, progress=not args.quiet)
+    except DataError as error:
+        print(f"{args.data}: {len(error.problems)} problem(s)", file=sys.stderr)
+        for line in error.problems:
+            print(f"  {line}", file=sys.stderr)
+        return 1
+    for dataset in datasets:
+        print(dataset.summary())
+    print("  image modes: " + ", ".join(f"{m} x{n}" for m, n in sorted(image_modes(args.data).items())))
+    print("OK")
+    return 0
+
+
+def _add_data_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--kind", default="auto", choices=["auto", "dsb2018", "tissue"])
+    parser.add_argument("--mask-mode", default="auto", choices=["auto", "P", "L", "RGB"],
+                        help="tissue mask format (default: detected)")
+    parser.add_argument("--stray", default="error", choices=["error", "ignore"],
+                        help="tissue mask values outside the classes: fail, or map to the ignore label")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m unet", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    sample = commands.add_parser("sample", help="write the synthetic default dataset")
+    sample.add_argument("--out", required=True, type=Path)
+    sample.add_argument("--seed", type=int, default=0)
+    sample.add_argument("--n-train", type=int, default=32)
+    sample.add_argument("--n-test", type=int, default=12)
+    sample.add_argument("--n-tissue", type=int, default=16)
+    sample.set_defaults(run=_sample)
+
+    check = commands.add_parser("check", help="validate a dataset folder and print a summary")
+    check.add_argument("data", type=Path)
+    _add_data_options(check)
+    check.add_argument("--unlabeled", action="store_true", help="images without masks are fine")
+    check.add_argument("--quiet", action="store_true", help="no progress bar")
+    check.set_defaults(run=_check)
+
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except DataError as error:
+        print("\n".join(error.problems), file=sys.stderr)
+        return 1
