@@ -35,6 +35,54 @@ def _check(args) -> int:
     return 0
 
 
+def _add_config_options(parser: argparse.ArgumentParser) -> None:
+    """One ``--option`` per Config field (defaults from Config; ``--config`` loads a saved one)."""
+    import dataclasses
+
+    from .config import Config
+
+    parser.add_argument("--config", type=Path, help="start from this config.json")
+    for item in dataclasses.fields(Config):
+        if item.name in ("extra",):
+            continue
+        flag = "--" + item.name.replace("_", "-")
+        default = getattr(Config(), item.name)
+        if isinstance(default, bool):
+            parser.add_argument(flag, type=lambda v: v.lower() in ("1", "true", "yes", "on"), default=None,
+                                metavar="BOOL", help=f"(default {default})")
+        elif item.name == "class_weights":
+            parser.add_argument(flag, type=lambda v: [float(w) for w in v.split(",")], default=None,
+                                metavar="W0,W1,...", help="per-class loss weights")
+        else:
+            parser.add_argument(flag, type=type(default), default=None, help=f"(default {default!r})")
+
+
+def _config_from_args(args):
+    from .config import Config
+
+    config = Config.load(args.config) if args.config else Config()
+    changes = {k: v for k, v in vars(args).items() if k in config.to_dict() and v is not None}
+    return config.replace(**changes)
+
+
+def _train(args) -> int:
+    from .data import detect_layout, load_from_config
+    from .training import train
+    from .visuals import plot_curves
+
+    config = _config_from_args(args)
+    if args.kind_auto:
+        config = config.replace(kind=detect_layout(config.data_dir))
+    dataset = load_from_config(config)
+    print(dataset.summary())
+    train_set, val_set = dataset.split(config.val_fraction, config.seed)
+    run = train(config, train_set, val_set)
+    plot_curves(run.history, run.run_dir / "curves.png")
+    print(f"run folder: {run.run_dir} (best.keras, last.keras, config.json, history.csv, curves.png, training.gif)")
+    print(f"view it: {run.tensorboard_command}")
+    return 0
+
+
 def _add_data_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kind", default="auto", choices=["auto", "dsb2018", "tissue"])
     parser.add_argument("--mask-mode", default="auto", choices=["auto", "P", "L", "RGB"],
@@ -62,11 +110,19 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--quiet", action="store_true", help="no progress bar")
     check.set_defaults(run=_check)
 
+    training = commands.add_parser("train", help="train a U-Net on a dataset folder")
+    _add_config_options(training)
+    training.add_argument("--data", dest="data_dir", help="dataset folder (DSB2018 root or stage1_train, or "
+                          "an images/ + masks/ folder)")
+    training.set_defaults(run=_train)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "train":  # --kind auto (the default here) detects the layout
+        args.kind_auto = args.kind in (None, "auto")
+        args.kind = None if args.kind_auto else args.kind
     try:
         return args.run(args)
     except DataError as error:

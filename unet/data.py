@@ -553,3 +553,11 @@ def image_modes(folder: str | Path) -> dict[str, int]:
             with Image.open(path) as image:
                 modes[image.mode] = modes.get(image.mode, 0) + 1
     return modes
+
+
+def load_from_config(config, folder: str | Path | None = None, require_labels: bool = True,
+                     progress: bool = True) -> Dataset:
+    """``load_dataset`` with the data settings of a :class:`~unet.config.Config`."""
+    return load_dataset(folder or config.data_dir, config.kind, npy_dir=config.npy_dir, mask_mode=config.mask_mode,
+                        stray=config.stray, ignore_label=config.ignore_label, min_class_share=config.min_class_share,
+                        require_labels=require_labels, progress=progress)

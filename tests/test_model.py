@@ -1,0 +1,134 @@
+import keras
+import numpy as np
+import pytest
+from keras import layers
+
+from unet.losses import ConfusionMetric, SegmentationLoss, SMOOTH
+from unet.model import build_unet, conv_block, decoder_block, encoder_block, forward_flops
+from unet.training import boundary_target
+
+
+def test_conv_block_is_conv_bn_relu_twice():
+    inputs = keras.Input((8, 8, 3))
+    model = keras.Model(inputs, conv_block(inputs, 5))
+    kinds = [type(layer).__name__ for layer in model.layers[1:]]
+    assert kinds == ["Conv2D", "BatchNormalization", "Activation"] * 2
+    convs = [layer for layer in model.layers if isinstance(layer, layers.Conv2D)]
+    assert all(c.kernel_size == (3, 3) and c.padding == "same" and c.filters == 5 for c in convs)
+
+
+def test_encoder_block_pools_drops_and_keeps_the_skip():
+    inputs = keras.Input((8, 8, 3))
+    skip, pooled = encoder_block(inputs, 4)
+    assert tuple(skip.shape) == (None, 8, 8, 4) and tuple(pooled.shape) == (None, 4, 4, 4)
+    model = keras.Model(inputs, [skip, pooled])
+    dropout = [layer for layer in model.layers if isinstance(layer, layers.Dropout)]
+    assert len(dropout) == 1 and dropout[0].rate == 0.2
+    assert any(isinstance(layer, layers.MaxPooling2D) and layer.pool_size == (2, 2) for layer in model.layers)
+
+
+def test_decoder_block_upsamples_and_concatenates():
+    low, skip = keras.Input((4, 4, 8)), keras.Input((8, 8, 4))
+    out = decoder_block(low, skip, 4)
+    model = keras.Model([low, skip], out)
+    assert tuple(out.shape) == (None, 8, 8, 4)
+    kinds = [type(layer).__name__ for layer in model.layers]
+    assert kinds.index("Conv2DTranspose") < kinds.index("Concatenate") < kinds.index("Dropout")
+
+
+def _conv_block_params(cin, f):
+    return 9 * cin * f + 4 * f + 9 * f * f + 4 * f  # bias-free convolutions, BN has 4 per channel
+
+
+def test_parameter_count_of_a_known_config():
+    model = build_unet(3, 1, base_filters=4, depth=2)
+    expected = (_conv_block_params(3, 4) + _conv_block_params(4, 8) + _conv_block_params(8, 16)
+                + (4 * 16 * 8 + 8) + _conv_block_params(16, 8)
+                + (4 * 8 * 4 + 4) + _conv_block_params(8, 4)
+                + (4 * 1 + 1))
+    assert model.count_params() == expected == 7709
+    assert model.output.dtype == "float32"
+
+
+@pytest.mark.parametrize("shape", [(16, 16), (32, 48), (8, 72)])
+def test_any_size_divisible_by_two_to_the_depth(shape):
+    model = build_unet(3, 4, base_filters=2, depth=3)
+    out = model(np.zeros((1, *shape, 3), np.float32))
+    assert out.shape == (1, *shape, 4)
+    assert np.allclose(np.asarray(out).sum(-1), 1, atol=1e-5)  # softmax head
+
+
+def test_other_sizes_are_rejected_clearly():
+    model = build_unet(3, 1, base_filters=2, depth=3)
+    with pytest.raises(ValueError, match="30x32 is not divisible by 8"):
+        model(np.zeros((1, 30, 32, 3), np.float32))
+
+
+def test_saved_model_loads_in_safe_mode(tmp_path):
+    model = build_unet(3, 3, base_filters=2, depth=2)
+    model.compile(loss=SegmentationLoss(3), metrics=[ConfusionMetric(3, "iou", name="mean_iou")])
+    model.save(tmp_path / "m.keras")
+    loaded = keras.saving.load_model(tmp_path / "m.keras", safe_mode=True)
+    x = np.random.default_rng(0).random((1, 8, 8, 3)).astype(np.float32)
+    assert np.allclose(model.predict(x, verbose=0), loaded.predict(x, verbose=0), atol=1e-6)
+
+
+def test_forward_flops_of_one_convolution():
+    inputs = keras.Input((None, None, 3))
+    model = keras.Model(inputs, layers.Conv2D(8, 3, padding="same")(inputs))
+    assert forward_flops(model, 10, 20) == 2 * 3 * 8 * 9 * 200
+
+
+# ----------------------------------------------------------------------------- losses and metrics
+
+def test_binary_loss_by_hand():
+    y = np.array([1.0, 0.0, 1.0, 0.0], np.float32).reshape(1, 2, 2, 1)
+    p = np.array([0.8, 0.4, 0.6, 0.1], np.float32).reshape(1, 2, 2, 1)
+    bce = -(np.log(0.8) + np.log(0.6) + np.log(0.6) + np.log(0.9)) / 4
+    dice = (2 * (0.8 + 0.6) + SMOOTH) / (2 + 1.9 + SMOOTH)
+    got = float(SegmentationLoss(1, dice_weight=0.5)(y, p))
+    assert got == pytest.approx(bce + 0.5 * (1 - dice), rel=1e-5)
+
+
+def test_multiclass_loss_by_hand_with_ignore_and_weights():
+    y = np.array([0, 1, 255], np.int32).reshape(1, 1, 3, 1)
+    p = np.array([[0.7, 0.3], [0.2, 0.8], [0.5, 0.5]], np.float32).reshape(1, 1, 3, 2)
+    ce = -(1.0 * np.log(0.7) + 3.0 * np.log(0.8)) / 2  # the ignored pixel counts nowhere
+    dice0 = (2 * 0.7 + SMOOTH) / (1 + 0.9 + SMOOTH)
+    dice1 = (2 * 0.8 + SMOOTH) / (1 + 1.1 + SMOOTH)
+    loss = SegmentationLoss(2, dice_weight=1.0, class_weights=[1.0, 3.0], ignore_label=255)
+    assert float(loss(y, p)) == pytest.approx(ce + 1 - (dice0 + dice1) / 2, rel=1e-5)
+
+
+def test_confusion_metrics_on_a_known_case():
+    truth = np.array([0, 0, 1, 1, 2, 255]).reshape(1, 1, 6, 1)
+    predicted = np.array([0, 1, 1, 1, 0, 2])
+    probabilities = np.eye(3, dtype=np.float32)[predicted].reshape(1, 1, 6, 3)
+    values = {}
+    for statistic, class_id in (("accuracy", None), ("iou", None), ("iou", 1), ("dice", 0)):
+        metric = ConfusionMetric(3, statistic, class_id)
+        metric.update_state(truth, probabilities)
+        values[(statistic, class_id)] = float(metric.result())
+    assert values[("accuracy", None)] == pytest.approx(3 / 5)
+    # IoU: class 0: 1/(1+1+1)=1/3, class 1: 2/3, class 2: 0/1 = 0
+    assert values[("iou", None)] == pytest.approx((1 / 3 + 2 / 3 + 0) / 3)
+    assert values[("iou", 1)] == pytest.approx(2 / 3)
+    assert values[("dice", 0)] == pytest.approx(2 / 4)
+
+
+def test_binary_metric_thresholds_at_one_half():
+    metric = ConfusionMetric(1, "iou", class_id=1)
+    metric.update_state(np.array([1, 1, 0, 0]).reshape(1, 2, 2, 1),
+                        np.array([0.9, 0.4, 0.6, 0.1], np.float32).reshape(1, 2, 2, 1))
+    assert float(metric.result()) == pytest.approx(1 / 3)
+
+
+def test_boundary_target_of_known_instances():
+    instances = np.zeros((7, 9), np.uint16)
+    instances[1:6, 1:4] = 1  # 5x3 block
+    instances[1:6, 4:8] = 2  # touching 5x4 block
+    target = boundary_target(instances)
+    assert target[0].max() == 0 and target[:, 0].max() == 0
+    assert np.array_equal(target[3, 1:8], [2, 1, 2, 2, 1, 1, 2])  # a ring around each nucleus
+    assert target[1, 2] == 2 and target[2, 2] == 1 and target[2, 5] == 1
+    assert (target == 1).sum() == 3 * 1 + 3 * 2

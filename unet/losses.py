@@ -1,0 +1,129 @@
+"""Losses and metrics for binary and multi-class segmentation, with an ignore label."""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+SMOOTH = 1.0  # added to numerator and denominator of the soft Dice
+
+
+def _one_hot_valid(y_true, num_classes: int, ignore_label: int):
+    """(one-hot targets with ignored pixels all zero, valid-pixel mask) for sparse targets."""
+    labels = ops.cast(y_true, "int32")
+    if len(labels.shape) == 4:
+        labels = labels[..., 0]
+    valid = ops.cast(ops.not_equal(labels, ignore_label), "float32")
+    safe = ops.where(ops.not_equal(labels, ignore_label), labels, 0)
+    return ops.one_hot(safe, num_classes) * valid[..., None], valid
+
+
+@keras.saving.register_keras_serializable(package="unet")
+class SegmentationLoss(keras.losses.Loss):
+    """Cross-entropy plus ``dice_weight`` x (1 - soft Dice).
+
+    Binary (``num_classes=1``): BCE and the foreground Dice. Multi-class: sparse categorical
+    cross-entropy (optionally class-weighted) and the mean soft Dice over classes; pixels
+    labelled ``ignore_label`` take no part in either. Batch-level sums (one Dice per batch).
+    """
+
+    def __init__(self, num_classes: int = 1, dice_weight: float = 1.0, class_weights=None,
+                 ignore_label: int = 255, name: str = "segmentation_loss", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.num_classes = num_classes
+        self.dice_weight = dice_weight
+        self.class_weights = None if class_weights is None else [float(w) for w in class_weights]
+        self.ignore_label = ignore_label
+
+    def call(self, y_true, y_pred):
+        y_pred = ops.clip(ops.cast(y_pred, "float32"), 1e-7, 1 - 1e-7)
+        if self.num_classes == 1:
+            y = ops.reshape(ops.cast(y_true, "float32"), ops.shape(y_pred))
+            cross_entropy = -ops.mean(y * ops.log(y_pred) + (1 - y) * ops.log(1 - y_pred))
+            dice = (2 * ops.sum(y * y_pred) + SMOOTH) / (ops.sum(y) + ops.sum(y_pred) + SMOOTH)
+            return cross_entropy + self.dice_weight * (1 - dice)
+        one_hot, valid = _one_hot_valid(y_true, self.num_classes, self.ignore_label)
+        pixel_ce = -ops.sum(one_hot * ops.log(y_pred), axis=-1)
+        if self.class_weights is not None:
+            pixel_ce = pixel_ce * ops.sum(one_hot * ops.convert_to_tensor(self.class_weights, "float32"), axis=-1)
+        cross_entropy = ops.sum(pixel_ce) / ops.maximum(ops.sum(valid), 1.0)
+        masked_pred = y_pred * valid[..., None]
+        axes = (0, 1, 2)
+        dice = (2 * ops.sum(one_hot * masked_pred, axis=axes) + SMOOTH) / (
+            ops.sum(one_hot, axis=axes) + ops.sum(masked_pred, axis=axes) + SMOOTH)
+        return cross_entropy + self.dice_weight * (1 - ops.mean(dice))
+
+    def get_config(self):
+        return {**super().get_config(), "num_classes": self.num_classes, "dice_weight": self.dice_weight,
+                "class_weights": self.class_weights, "ignore_label": self.ignore_label}
+
+
+@keras.saving.register_keras_serializable(package="unet")
+class ConfusionMetric(keras.metrics.Metric):
+    """A statistic of the running confusion matrix of hard predictions.
+
+    ``statistic``: 'accuracy' (pixel accuracy), 'iou' or 'dice'; with ``class_id`` the value of
+    one class, otherwise the mean over the classes that occur (in truth or prediction).
+    Binary heads are thresholded at 0.5 and scored as two classes (background, foreground).
+    Pixels labelled ``ignore_label`` are left out.
+    """
+
+    def __init__(self, num_classes: int, statistic: str = "iou", class_id: int | None = None,
+                 ignore_label: int = 255, name: str | None = None, **kwargs):
+        super().__init__(name=name or statistic, **kwargs)
+        self.num_classes, self.statistic, self.class_id, self.ignore_label = num_classes, statistic, class_id, ignore_label
+        n = max(num_classes, 2)
+        self.confusion = self.add_variable(shape=(n, n), initializer="zeros", dtype="float32", name="confusion")
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        n = max(self.num_classes, 2)
+        truth = ops.reshape(ops.cast(y_true, "int32"), (-1,))
+        if self.num_classes == 1:
+            predicted = ops.cast(ops.reshape(y_pred, (-1,)) > 0.5, "int32")
+        else:
+            predicted = ops.cast(ops.reshape(ops.argmax(y_pred, axis=-1), (-1,)), "int32")
+        cell = ops.where(ops.not_equal(truth, self.ignore_label), truth * n + predicted, n * n)
+        counts = ops.bincount(cell, minlength=n * n + 1)[: n * n]
+        self.confusion.assign_add(ops.cast(ops.reshape(counts, (n, n)), "float32"))
+
+    def result(self):
+        return confusion_statistic(self.confusion, self.statistic, self.class_id)
+
+    def reset_state(self):
+        self.confusion.assign(ops.zeros_like(self.confusion))
+
+    def get_config(self):
+        return {"name": self.name, "num_classes": self.num_classes, "statistic": self.statistic,
+                "class_id": self.class_id, "ignore_label": self.ignore_label}
+
+
+def confusion_statistic(confusion, statistic: str, class_id: int | None = None):
+    """Pixel accuracy, IoU or Dice from a confusion matrix (rows: truth, columns: prediction)."""
+    true_positive = ops.diagonal(confusion)
+    if statistic == "accuracy":
+        return ops.sum(true_positive) / ops.maximum(ops.sum(confusion), 1.0)
+    false_positive = ops.sum(confusion, axis=0) - true_positive
+    false_negative = ops.sum(confusion, axis=1) - true_positive
+    if statistic == "iou":
+        numerator, denominator = true_positive, true_positive + false_positive + false_negative
+    elif statistic == "dice":
+        numerator, denominator = 2 * true_positive, 2 * true_positive + false_positive + false_negative
+    else:
+        raise ValueError(f"unknown statistic {statistic!r}")
+    scores = numerator / ops.maximum(denominator, 1.0)
+    if class_id is not None:
+        return scores[class_id]
+    present = ops.cast(denominator > 0, "float32")
+    return ops.sum(scores * present) / ops.maximum(ops.sum(present), 1.0)
+
+
+def make_metrics(num_classes: int, class_names: list[str], ignore_label: int = 255) -> list:
+    """Accuracy, mean IoU, mean Dice and the IoU of each class."""
+    names = class_names if num_classes > 1 else list(class_names[:2])
+    metrics = [ConfusionMetric(num_classes, "accuracy", ignore_label=ignore_label, name="accuracy"),
+               ConfusionMetric(num_classes, "iou", ignore_label=ignore_label, name="mean_iou"),
+               ConfusionMetric(num_classes, "dice", ignore_label=ignore_label, name="dice")]
+    for k, class_name in enumerate(names):
+        slug = "".join(c if c.isalnum() else "_" for c in class_name.lower()).strip("_")
+        metrics.append(ConfusionMetric(num_classes, "iou", class_id=k, ignore_label=ignore_label, name=f"iou_{slug}"))
+    return metrics

@@ -1,0 +1,102 @@
+"""The U-Net (Ronneberger et al., 2015) as a Keras functional model built from three blocks."""
+
+from __future__ import annotations
+
+import keras
+from keras import layers
+
+
+@keras.saving.register_keras_serializable(package="unet")
+class SizeCheck(layers.Layer):
+    """Passes its input through; rejects a height or width not divisible by ``multiple``."""
+
+    def __init__(self, multiple: int, **kwargs):
+        super().__init__(**kwargs)
+        self.multiple = multiple
+
+    def _check(self, shape):
+        height, width = shape[1], shape[2]
+        bad = [s for s in (height, width) if s is not None and s % self.multiple]
+        if bad:
+            raise ValueError(f"input size {height}x{width} is not divisible by {self.multiple} (2**depth): "
+                             "pad the image or predict with unet.inference.predict_tiled")
+
+    def build(self, input_shape):
+        self._check(input_shape)
+
+    def call(self, inputs):
+        self._check(inputs.shape)
+        return inputs
+
+    def compute_output_shape(self, input_shape):
+        self._check(input_shape)
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "multiple": self.multiple}
+
+
+def conv_block(input_tensor, num_filters: int):
+    """(3x3 convolution, batch normalization, ReLU) twice."""
+    x = input_tensor
+    for _ in range(2):
+        x = layers.Conv2D(num_filters, 3, padding="same", use_bias=False, kernel_initializer="he_normal")(x)
+        x = layers.BatchNormalization()(x)
+        x = layers.Activation("relu")(x)
+    return x
+
+
+def encoder_block(input_tensor, num_filters: int, dropout: float = 0.2):
+    """conv_block, 2x2 max pooling, dropout. Returns (skip, pooled)."""
+    skip = conv_block(input_tensor, num_filters)
+    pooled = layers.MaxPooling2D(2)(skip)
+    pooled = layers.Dropout(dropout)(pooled)
+    return skip, pooled
+
+
+def decoder_block(input_tensor, skip, num_filters: int, dropout: float = 0.2):
+    """2x2 transposed convolution (stride 2), concatenation with the skip, dropout, conv_block."""
+    x = layers.Conv2DTranspose(num_filters, 2, strides=2, padding="same")(input_tensor)
+    x = layers.Concatenate()([x, skip])
+    x = layers.Dropout(dropout)(x)
+    return conv_block(x, num_filters)
+
+
+def build_unet(input_channels: int = 3, num_classes: int = 1, base_filters: int = 16, depth: int = 4,
+               dropout: float = 0.2, name: str = "unet") -> keras.Model:
+    """A U-Net for images of any size divisible by ``2**depth``.
+
+    ``num_classes=1`` gives a sigmoid head (binary foreground probability); more classes a
+    softmax head. The head computes in float32 under mixed precision.
+    """
+    if num_classes < 1 or depth < 1 or base_filters < 1:
+        raise ValueError("num_classes, depth and base_filters must be positive")
+    inputs = keras.Input((None, None, input_channels), name="image")
+    x = SizeCheck(2**depth, name="size_check")(inputs)
+    skips = []
+    for level in range(depth):
+        skip, x = encoder_block(x, base_filters * 2**level, dropout)
+        skips.append(skip)
+    x = conv_block(x, base_filters * 2**depth)  # the bottleneck
+    for level in reversed(range(depth)):
+        x = decoder_block(x, skips[level], base_filters * 2**level, dropout)
+    activation = "sigmoid" if num_classes == 1 else "softmax"
+    outputs = layers.Conv2D(num_classes, 1, activation=activation, dtype="float32", name="probabilities")(x)
+    return keras.Model(inputs, outputs, name=name)
+
+
+def forward_flops(model: keras.Model, height: int, width: int) -> float:
+    """Multiply-adds x 2 of the convolutions for one image (the dominant cost; BN/ReLU ignored)."""
+    flops = 0.0
+    scale = 1.0  # area of a layer's output relative to the input
+    for layer in model.layers:
+        if isinstance(layer, layers.MaxPooling2D):
+            scale /= 4
+        elif isinstance(layer, layers.Conv2DTranspose):
+            scale *= 4
+            cin = layer.input.shape[-1]
+            flops += 2 * cin * layer.filters * layer.kernel_size[0] * layer.kernel_size[1] * height * width * scale / 4
+        elif isinstance(layer, layers.Conv2D):
+            cin = layer.input.shape[-1]
+            flops += 2 * cin * layer.filters * layer.kernel_size[0] * layer.kernel_size[1] * height * width * scale
+    return flops
