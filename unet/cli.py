@@ -83,6 +83,51 @@ def _train(args) -> int:
     return 0
 
 
+def _predict(args) -> int:
+    from .inference import dataset_for_prediction, load_run_model, predict_folder
+
+    model, config = load_run_model(args.model)
+    changes = {k: v for k, v in (("tile_size", args.tile_size), ("tile_overlap", args.tile_overlap),
+                                 ("batch_size", args.batch_size), ("min_nucleus_area", args.min_area),
+                                 ("npy_dir", args.npy_dir)) if v is not None}
+    config = config.replace(tta=args.tta or config.tta, **changes)
+    dataset = dataset_for_prediction(args.images, config)
+    predict_folder(model, config, dataset, args.out, progress=not args.quiet)
+    written = "masks/, overlays/, input.gif, output.gif" + (", nuclei.csv, submission.csv"
+                                                             if config.kind == "dsb2018" else "")
+    print(f"{len(dataset)} images predicted into {args.out}: {written}")
+    return 0
+
+
+def _evaluate(args) -> int:
+    import json
+
+    from .config import Config
+    from .data import detect_layout, find_splits, load_from_config
+    from .evaluation import evaluate_folder, format_table
+    from .inference import _write_csv
+    from .io import write_text_atomic
+    from .visuals import plot_confusion
+
+    kind = detect_layout(args.truth) if args.kind == "auto" else args.kind
+    folder = args.truth
+    if kind == "dsb2018":
+        train, test = find_splits(folder)
+        folder = test or train
+    config = Config(kind=kind, mask_mode=args.mask_mode, stray=args.stray, npy_dir=args.npy_dir or "npy")
+    truth = load_from_config(config, folder, progress=False)
+    summary, rows, confusion = evaluate_folder(args.pred, truth)
+    write_text_atomic(args.pred / "metrics.json", json.dumps(summary, indent=2) + "\n")
+    _write_csv(args.pred / "per_image.csv", rows, list(rows[0]))
+    if confusion is not None:
+        plot_confusion(confusion, truth.class_names, args.pred / "confusion.png")
+    print(f"{kind}: {len(rows)} images of {folder}")
+    print(format_table(summary))
+    print(f"written: {args.pred / 'metrics.json'}, {args.pred / 'per_image.csv'}"
+          + (f", {args.pred / 'confusion.png'}" if confusion is not None else ""))
+    return 0
+
+
 def _add_data_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kind", default="auto", choices=["auto", "dsb2018", "tissue"])
     parser.add_argument("--mask-mode", default="auto", choices=["auto", "P", "L", "RGB"],
@@ -115,6 +160,27 @@ def build_parser() -> argparse.ArgumentParser:
     training.add_argument("--data", dest="data_dir", help="dataset folder (DSB2018 root or stage1_train, or "
                           "an images/ + masks/ folder)")
     training.set_defaults(run=_train)
+
+    predict = commands.add_parser("predict", help="predict a folder of images with a trained model")
+    predict.add_argument("--model", required=True, type=Path, help="best.keras or last.keras of a run")
+    predict.add_argument("--images", required=True, type=Path,
+                         help="a folder of images, or a dataset folder in either layout")
+    predict.add_argument("--out", required=True, type=Path)
+    predict.add_argument("--tile-size", type=int)
+    predict.add_argument("--tile-overlap", type=float)
+    predict.add_argument("--batch-size", type=int)
+    predict.add_argument("--min-area", type=int, help="smallest nucleus kept, in pixels")
+    predict.add_argument("--tta", action="store_true", help="average over flips and 90-degree rotations")
+    predict.add_argument("--npy-dir", type=Path)
+    predict.add_argument("--quiet", action="store_true")
+    predict.set_defaults(run=_predict)
+
+    evaluate = commands.add_parser("evaluate", help="score predictions against ground truth")
+    evaluate.add_argument("--pred", required=True, type=Path, help="the --out folder of predict")
+    evaluate.add_argument("--truth", required=True, type=Path, help="a labelled dataset folder (either layout)")
+    _add_data_options(evaluate)
+    evaluate.add_argument("--npy-dir", type=Path)
+    evaluate.set_defaults(run=_evaluate)
     return parser
 
 

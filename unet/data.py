@@ -503,24 +503,26 @@ def load_dataset(folder: str | Path, kind: str = "auto", *, npy_dir: str | Path 
     kind = detect_layout(folder) if kind == "auto" else kind
     if kind == "dsb2018":
         folder = find_splits(folder)[0]
-    settings = dict(mask_mode=mask_mode, stray=stray, ignore_label=ignore_label,
-                    min_class_share=min_class_share, require_labels=require_labels)
-    fp = fingerprint(folder, kind, settings if kind == "tissue" else {"require_labels": require_labels})
+    settings = dict(mask_mode=mask_mode, stray=stray, ignore_label=ignore_label, min_class_share=min_class_share)
+    fp = fingerprint(folder, kind, settings if kind == "tissue" else {})
     cache = _cache_dir(Path(npy_dir), folder, kind)
     dataset = _read_cache(cache, fp)
     if dataset is not None:
         if verbose:
             print(f"cache hit: {cache}")
-        return dataset
-    if verbose:
-        print(f"building cache {cache} from {folder}")
-    dataset = decode_dataset(folder, kind, mask_mode=mask_mode, stray=stray, ignore_label=ignore_label,
-                             min_class_share=min_class_share, require_labels=require_labels, progress=progress)
-    _write_cache(cache, dataset, fp)
-    cached = _read_cache(cache, fp)
-    if cached is None:
-        raise RuntimeError(f"{cache}: cache written but cannot be read back")
-    return cached
+    else:
+        if verbose:
+            print(f"building cache {cache} from {folder}")
+        decoded = decode_dataset(folder, kind, mask_mode=mask_mode, stray=stray, ignore_label=ignore_label,
+                                 min_class_share=min_class_share, require_labels=False, progress=progress)
+        _write_cache(cache, decoded, fp)
+        dataset = _read_cache(cache, fp)
+        if dataset is None:
+            raise RuntimeError(f"{cache}: cache written but cannot be read back")
+    if require_labels and dataset.masks is None:
+        raise DataError(f"{folder}: no labels (no masks and no run-length rows); "
+                        "pass require_labels=False to load images only")
+    return dataset
 
 
 def check_dataset(folder: str | Path, kind: str = "auto", **options) -> list[Dataset]:

@@ -55,3 +55,17 @@ def read_rle_csv(path: str | Path) -> dict[str, list[tuple[str, tuple[int, int] 
             if encoded:
                 rows[row["ImageId"]].append((encoded, shape))
     return dict(rows)
+
+
+def rle_encode_labels(labels: np.ndarray) -> dict[int, str]:
+    """Run-length strings of every nonzero label of an instance map, in one pass over the pixels."""
+    flat = np.asarray(labels).T.ravel()
+    change = np.flatnonzero(np.diff(flat)) + 1
+    starts = np.concatenate([[0], change])
+    lengths = np.diff(np.concatenate([starts, [flat.size]]))
+    values = flat[starts]
+    runs: dict[int, list[str]] = {}
+    for value, start, length in zip(values.tolist(), starts.tolist(), lengths.tolist()):
+        if value:
+            runs.setdefault(value, []).append(f"{start + 1} {length}")
+    return {value: " ".join(parts) for value, parts in sorted(runs.items())}

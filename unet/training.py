@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -16,6 +17,8 @@ from .config import Config
 from .data import Dataset
 
 # ----------------------------------------------------------------------------- targets
+
+NUCLEI_PALETTE = np.array([[0, 0, 0], [255, 220, 0], [255, 0, 200]], np.uint8)  # background, interior/nucleus, boundary
 
 
 def nuclei_classes(head: str) -> list[str]:
@@ -322,8 +325,27 @@ def run_folder(config: Config) -> Path:
     return Path(config.logs_dir) / name
 
 
+@contextlib.contextmanager
+def precision_policy(name: str):
+    """Set Keras's global dtype policy inside the block only (models keep the policy they were built with)."""
+    import keras
+
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(name)
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+
+
 def train(config: Config, train_set: Dataset, val_set: Dataset, verbose: int = 2, extra_callbacks=()) -> Run:
     """Train a U-Net; everything goes to ``logs/<run>/``. A run folder with a backup resumes."""
+    precision = resolve_precision(config.precision)
+    with precision_policy(precision):
+        return _fit(config, train_set, val_set, precision, verbose, extra_callbacks)
+
+
+def _fit(config: Config, train_set: Dataset, val_set: Dataset, precision: str, verbose: int, extra_callbacks) -> Run:
     import keras
     import tensorflow as tf
 
@@ -333,18 +355,14 @@ def train(config: Config, train_set: Dataset, val_set: Dataset, verbose: int = 2
     head, channels, class_names = resolve_head(config, train_set)
     run_dir = run_folder(config)
     run_dir.mkdir(parents=True, exist_ok=True)
-    precision = resolve_precision(config.precision)
-    keras.mixed_precision.set_global_policy(precision)
     keras.utils.set_random_seed(config.seed)
     strategy = make_strategy(config.strategy)
     global_batch = config.batch_size * strategy.num_replicas_in_sync
-    config = config.replace(head=head, num_classes=channels if head == "multiclass" else config.num_classes,
-                            run_name=run_dir.name, extra={**config.extra, "precision_used": precision,
-                                                          "class_names": class_names, "palette": np.asarray(
-                                                              train_set.palette if head == "multiclass" else
-                                                              [[0, 0, 0], [255, 255, 0], [255, 0, 255]][:max(channels, 2)]).tolist(),
-                                                          "replicas": strategy.num_replicas_in_sync,
-                                                          "environment": environment()})
+    palette = train_set.palette if head == "multiclass" else NUCLEI_PALETTE[: max(channels, 2)]
+    extra = {**config.extra, "precision_used": precision, "class_names": class_names,
+             "palette": np.asarray(palette).tolist(), "replicas": strategy.num_replicas_in_sync,
+             "environment": environment()}
+    config = config.replace(head=head, num_classes=channels, run_name=run_dir.name, extra=extra)
     config.save(run_dir / "config.json")
 
     train_images, train_targets, train_ranges = prepare_arrays(train_set.images, make_targets(train_set, head), config)

@@ -1,0 +1,243 @@
+import csv
+
+import keras
+import numpy as np
+import pytest
+from keras import layers
+from PIL import Image
+
+from conftest import disk
+from unet.cli import main as cli
+from unet.config import Config
+from unet.evaluation import class_scores, confusion_matrix, iou_matrix, nuclei_scores
+from unet.inference import nuclei_from_probabilities, predict_tiled
+from unet.losses import ConfusionMetric
+from unet.model import build_unet
+from unet.rle import read_rle_csv, rle_decode, rle_encode_labels
+from unet.synthetic import write_sample
+from unet.training import boundary_target, normalize, precision_policy
+
+
+@pytest.fixture(autouse=True)
+def float32_policy():
+    with precision_policy("float32"):
+        yield
+
+
+def test_tiled_equals_untiled_when_the_overlap_covers_the_receptive_field():
+    keras.utils.set_random_seed(0)
+    model = build_unet(3, 3, base_filters=4, depth=1)
+    image = np.random.default_rng(0).integers(0, 255, (80, 112, 3), dtype=np.uint8)
+    whole = predict_tiled(model, image, tile_size=512)  # one pass
+    tiled = predict_tiled(model, image, tile_size=64, overlap=0.75, batch_size=3)  # 2 x 4 tiles
+    assert whole.shape == tiled.shape == (80, 112, 3)
+    np.testing.assert_allclose(tiled, whole, atol=2e-5)
+    # and the untiled pass is the model itself on the image
+    direct = np.asarray(model.predict(normalize(image)[None], verbose=0))[0]
+    np.testing.assert_allclose(whole, direct, atol=1e-6)
+
+
+def test_tiled_is_close_to_untiled_for_a_default_depth_unet():
+    model = build_unet(3, 1, base_filters=2, depth=4)
+    image = np.random.default_rng(1).integers(0, 255, (100, 130, 3), dtype=np.uint8)
+    whole = predict_tiled(model, image, tile_size=256)
+    tiled = predict_tiled(model, image, tile_size=64, overlap=0.5)
+    assert np.abs(tiled - whole).mean() < 0.02
+
+
+@pytest.mark.parametrize("tta", [False, True])
+def test_identity_model_through_the_tiler_reproduces_its_input(tta):
+    identity = keras.Sequential([keras.Input((None, None, 3)), layers.Identity()])
+    image = np.random.default_rng(2).integers(0, 255, (50, 77, 3), dtype=np.uint8)
+    out = predict_tiled(identity, image, tile_size=16, overlap=0.5, tta=tta)
+    np.testing.assert_allclose(out, normalize(image), atol=1e-5)
+
+
+def _two_touching_disks():
+    shape = (40, 60)
+    instances = np.zeros(shape, np.uint16)
+    instances[disk(shape, (20, 19), 10)] = 1
+    instances[disk(shape, (20, 39), 10) & (instances == 0)] = 2
+    return instances
+
+
+def test_two_touching_disks_from_three_class_output():
+    instances = _two_touching_disks()
+    probabilities = np.eye(3, dtype=np.float32)[boundary_target(instances)]
+    labels = nuclei_from_probabilities(probabilities, min_area=5)
+    assert labels.max() == 2 and labels.dtype == np.uint16
+    assert nuclei_scores(instances, labels)["ap50"] == 1.0
+
+
+def test_two_touching_disks_from_binary_output():
+    instances = _two_touching_disks()
+    probabilities = (instances > 0).astype(np.float32)[..., None]
+    labels = nuclei_from_probabilities(probabilities, min_area=5)
+    assert labels.max() == 2
+    assert nuclei_scores(instances, labels)["ap50"] == 1.0
+
+
+def test_tiny_objects_are_removed():
+    probabilities = np.zeros((20, 20, 1), np.float32)
+    probabilities[2:4, 2:4] = 1  # 4 px
+    probabilities[10:16, 10:16] = 1  # 36 px
+    assert nuclei_from_probabilities(probabilities, min_area=12).max() == 1
+
+
+# ----------------------------------------------------------------------------- metrics
+
+def test_iou_matrix_matches_brute_force():
+    rng = np.random.default_rng(4)
+    truth, prediction = rng.integers(0, 5, (30, 30)), rng.integers(0, 4, (30, 30))
+    iou = iou_matrix(truth, prediction)
+    for i in range(1, 5):
+        for j in range(1, 4):
+            a, b = truth == i, prediction == j
+            assert iou[i - 1, j - 1] == pytest.approx((a & b).sum() / (a | b).sum())
+
+
+def test_dsb_score_of_a_shifted_square():
+    truth = np.zeros((20, 20), np.uint16)
+    truth[5:15, 5:15] = 1
+    shifted = np.roll(truth, 2, axis=1)  # IoU = 80 / 120 = 0.667: passes 0.50..0.65, fails 0.70..0.95
+    scores = nuclei_scores(truth, shifted)
+    assert scores["map"] == pytest.approx(0.4) and scores["ap50"] == 1.0
+    assert scores["foreground_iou"] == pytest.approx(80 / 120) and scores["foreground_dice"] == pytest.approx(0.8)
+
+
+def test_dsb_score_of_shifted_disks_with_a_miss_and_a_false_positive():
+    shape = (64, 64)
+    truth = np.zeros(shape, np.uint16)
+    truth[disk(shape, (16, 16), 8)] = 1
+    truth[disk(shape, (45, 45), 8)] = 2  # missed
+    prediction = np.zeros(shape, np.uint16)
+    prediction[disk(shape, (16, 17), 8)] = 1  # one-pixel shift
+    prediction[disk(shape, (50, 12), 5)] = 2  # false positive
+    a, b = truth == 1, prediction == 1
+    iou = (a & b).sum() / (a | b).sum()
+    passed = (np.round(np.arange(0.5, 1.0, 0.05), 2) < iou).sum()
+    scores = nuclei_scores(truth, prediction)
+    assert scores["map"] == pytest.approx(passed * (1 / 3) / 10)  # TP=1, FP=1, FN=1 where matched
+    assert scores["f1_50"] == pytest.approx(0.5)
+
+
+def test_dsb_score_edge_cases():
+    empty, one = np.zeros((8, 8), np.uint16), np.zeros((8, 8), np.uint16)
+    one[2:5, 2:5] = 1
+    assert nuclei_scores(empty, empty)["map"] == 1.0
+    assert nuclei_scores(one, empty)["map"] == 0.0
+    assert nuclei_scores(empty, one)["map"] == 0.0
+    assert nuclei_scores(one, one)["map"] == 1.0
+
+
+def test_per_class_iou_on_a_known_confusion_matrix():
+    confusion = np.array([[50, 10, 0], [5, 30, 5], [0, 0, 0]])
+    scores = class_scores(confusion, ["a", "b", "c"])
+    assert scores["iou"]["a"] == pytest.approx(50 / 65) and scores["iou"]["b"] == pytest.approx(30 / 50)
+    assert scores["iou"]["c"] == 0.0  # predicted 5 times, never true
+    assert scores["mean_iou"] == pytest.approx((50 / 65 + 30 / 50 + 0) / 3)
+    absent = class_scores(np.array([[5, 1, 0], [2, 4, 0], [0, 0, 0]]), ["a", "b", "c"])
+    assert absent["iou"]["c"] is None  # neither true nor predicted: left out of the mean
+    assert absent["mean_iou"] == pytest.approx((5 / 8 + 4 / 7) / 2)
+    assert scores["pixel_accuracy"] == pytest.approx(80 / 100)
+    assert scores["dice"]["b"] == pytest.approx(60 / 80)
+
+
+def test_confusion_matrix_skips_the_ignore_label_and_agrees_with_the_training_metric():
+    truth = np.array([[0, 1, 2], [255, 1, 0]])
+    prediction = np.array([[0, 2, 2], [1, 1, 1]])
+    confusion = confusion_matrix(truth, prediction, 3)
+    assert confusion.sum() == 5 and confusion[1, 2] == 1 and confusion[0, 1] == 1
+    metric = ConfusionMetric(3, "iou")
+    metric.update_state(truth[None, ..., None], np.eye(3, dtype=np.float32)[prediction][None])
+    assert float(metric.result()) == pytest.approx(class_scores(confusion, ["a", "b", "c"])["mean_iou"])
+
+
+def test_rle_encode_labels_round_trip():
+    instances = _two_touching_disks()
+    encoded = rle_encode_labels(instances)
+    assert sorted(encoded) == [1, 2]
+    for label, text in encoded.items():
+        assert np.array_equal(rle_decode(text, instances.shape), instances == label)
+
+
+# ----------------------------------------------------------------------------- command line
+
+def _fake_run(tmp_path, kind, channels, palette):
+    run = tmp_path / f"run_{kind}"
+    run.mkdir()
+    keras.utils.set_random_seed(1)
+    build_unet(3, channels, base_filters=2, depth=2).save(run / "best.keras")
+    Config(kind=kind, head="boundary" if kind == "dsb2018" else "multiclass", num_classes=channels, tile_size=64,
+           extra={"palette": palette}).save(run / "config.json")
+    return run / "best.keras"
+
+
+@pytest.fixture(scope="module")
+def tiny_sample(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny")
+    write_sample(root, seed=5, n_train=2, n_test=3, n_tissue=2)
+    return root
+
+
+def test_predict_and_evaluate_nuclei_through_the_command_line(tiny_sample, tmp_path, capsys):
+    model = _fake_run(tmp_path, "dsb2018", 3, [[0, 0, 0], [255, 255, 0], [255, 0, 255]])
+    out = tmp_path / "pred"
+    npy = str(tmp_path / "npy")
+    assert cli(["predict", "--model", str(model), "--images", str(tiny_sample / "dsb2018"), "--out", str(out),
+                "--npy-dir", npy, "--quiet", "--min-area", "1"]) == 0
+    ids = sorted(p.name for p in (tiny_sample / "dsb2018/stage1_test").iterdir())
+    assert sorted(p.stem for p in (out / "masks").iterdir()) == ids
+    assert sorted(p.stem for p in (out / "overlays").iterdir()) == ids  # one overlay per input
+    for name in ("input.gif", "output.gif"):
+        gif = Image.open(out / name)
+        assert gif.n_frames == 3
+    assert Image.open(out / "input.gif").size == Image.open(out / "output.gif").size
+    mask = Image.open(out / "masks" / f"{ids[0]}.png")
+    assert np.asarray(mask).dtype == np.uint16 or mask.mode.startswith("I")
+    labels = {i: np.asarray(Image.open(out / "masks" / f"{i}.png")).astype(np.int64) for i in ids}
+    # the submission decodes back to the predicted masks, without overlaps
+    rows = read_rle_csv(out / "submission.csv")
+    for image_id, maps in labels.items():
+        decoded = np.zeros(maps.shape, np.int64)
+        for encoded, _ in rows.get(image_id, []):
+            piece = rle_decode(encoded, maps.shape)
+            assert not (decoded[piece] > 0).any()
+            decoded[piece] = maps[piece][0]
+        assert np.array_equal(decoded > 0, maps > 0)
+        assert len(rows.get(image_id, [])) == maps.max()
+    with open(out / "nuclei.csv") as handle:
+        table = list(csv.DictReader(handle))
+    assert len(table) == sum(int(m.max()) for m in labels.values())
+    assert {"area", "centroid_y", "eccentricity", "mean_intensity", "equivalent_diameter"} <= set(table[0])
+
+    capsys.readouterr()
+    assert cli(["evaluate", "--pred", str(out), "--truth", str(tiny_sample / "dsb2018"), "--npy-dir", npy]) == 0
+    printed = capsys.readouterr().out
+    assert "map" in printed and (out / "metrics.json").is_file() and (out / "per_image.csv").is_file()
+
+
+def test_predict_and_evaluate_tissue_through_the_command_line(tiny_sample, tmp_path, capsys):
+    palette = [[0, 0, 0], [230, 25, 75], [60, 180, 75], [255, 225, 25]]
+    model = _fake_run(tmp_path, "tissue", 4, palette)
+    out = tmp_path / "pred"
+    npy = str(tmp_path / "npy")
+    assert cli(["predict", "--model", str(model), "--images", str(tiny_sample / "tissue"), "--out", str(out),
+                "--npy-dir", npy, "--quiet"]) == 0
+    mask = Image.open(out / "masks" / "tissue_000.png")
+    assert mask.mode == "P" and mask.size == (512, 512)
+    assert np.array_equal(np.array(mask.getpalette()[:12]).reshape(4, 3), palette)
+    assert cli(["evaluate", "--pred", str(out), "--truth", str(tiny_sample / "tissue"), "--npy-dir", npy]) == 0
+    assert (out / "confusion.png").is_file()
+    import json
+
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["iou"]) == {"background", "stroma", "epithelium", "necrosis"}
+    assert 0 <= metrics["mean_iou"] <= 1 and np.array(metrics["confusion"]).sum() == 2 * 512 * 512
+
+
+def test_evaluate_names_missing_predictions(tiny_sample, tmp_path, capsys):
+    (tmp_path / "pred" / "masks").mkdir(parents=True)
+    code = cli(["evaluate", "--pred", str(tmp_path / "pred"), "--truth", str(tiny_sample / "tissue"),
+                "--npy-dir", str(tmp_path / "npy")])
+    assert code == 1 and "tissue_000.png: no prediction" in capsys.readouterr().err

@@ -1,0 +1,147 @@
+"""Metrics: the DSB2018 score for nuclei instances, per-class IoU/Dice for tissue classes."""
+
+from __future__ import annotations
+
+import numpy as np
+
+THRESHOLDS = np.round(np.arange(0.5, 1.0, 0.05), 2)  # 0.50, 0.55, ..., 0.95
+
+
+def iou_matrix(truth: np.ndarray, prediction: np.ndarray) -> np.ndarray:
+    """IoU of every true nucleus (rows) with every predicted one (columns).
+
+    One co-occurrence histogram of the two label maps gives all intersections at once.
+    Labels are assumed to run 1..n (0 = background).
+    """
+    truth, prediction = np.asarray(truth, np.int64).ravel(), np.asarray(prediction, np.int64).ravel()
+    n_true, n_pred = int(truth.max(initial=0)), int(prediction.max(initial=0))
+    joint = np.bincount(truth * (n_pred + 1) + prediction, minlength=(n_true + 1) * (n_pred + 1))
+    joint = joint.reshape(n_true + 1, n_pred + 1)
+    area_true, area_pred = joint.sum(axis=1), joint.sum(axis=0)
+    intersection = joint[1:, 1:]
+    union = area_true[1:, None] + area_pred[None, 1:] - intersection
+    return intersection / np.maximum(union, 1)
+
+
+def match_counts(iou: np.ndarray, threshold: float) -> tuple[int, int, int]:
+    """(TP, FP, FN) at an IoU threshold >= 0.5, where matches are necessarily one-to-one."""
+    if threshold < 0.5:
+        raise ValueError("one-to-one matching by thresholding needs IoU thresholds of at least 0.5")
+    true_positive = int((iou > threshold).sum())
+    return true_positive, iou.shape[1] - true_positive, iou.shape[0] - true_positive
+
+
+def nuclei_scores(truth: np.ndarray, prediction: np.ndarray) -> dict[str, float]:
+    """Scores of one image: the DSB2018 score (mean over IoU thresholds 0.50:0.05:0.95 of
+    TP/(TP+FP+FN)), AP@0.5, F1@0.5, foreground IoU and Dice, and the nucleus counts.
+
+    Both empty scores 1; one empty and the other not scores 0.
+    """
+    iou = iou_matrix(truth, prediction)
+    precisions = []
+    for threshold in THRESHOLDS:
+        tp, fp, fn = match_counts(iou, threshold)
+        precisions.append(tp / (tp + fp + fn) if tp + fp + fn else 1.0)
+    tp, fp, fn = match_counts(iou, 0.5)
+    fg_true, fg_pred = np.asarray(truth) > 0, np.asarray(prediction) > 0
+    inter, total = (fg_true & fg_pred).sum(), fg_true.sum() + fg_pred.sum()
+    return {"map": float(np.mean(precisions)), "ap50": precisions[0],
+            "f1_50": 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 1.0,
+            "foreground_iou": float(inter / (total - inter)) if total else 1.0,
+            "foreground_dice": float(2 * inter / total) if total else 1.0,
+            "true_nuclei": iou.shape[0], "predicted_nuclei": iou.shape[1]}
+
+
+def evaluate_nuclei(ids, truths, predictions) -> tuple[dict, list[dict]]:
+    """(summary over images, one row per image). Scores are means over images."""
+    rows = [{"image": i, **nuclei_scores(t, p)} for i, t, p in zip(ids, truths, predictions)]
+    keys = ("map", "ap50", "f1_50", "foreground_iou", "foreground_dice")
+    summary = {k: float(np.mean([row[k] for row in rows])) for k in keys}
+    summary.update(images=len(rows), true_nuclei=int(sum(r["true_nuclei"] for r in rows)),
+                   predicted_nuclei=int(sum(r["predicted_nuclei"] for r in rows)))
+    return summary, rows
+
+
+def confusion_matrix(truth: np.ndarray, prediction: np.ndarray, num_classes: int, ignore_label: int = 255) -> np.ndarray:
+    """Pixel counts: rows are true classes, columns predicted ones; ignored pixels left out."""
+    truth, prediction = np.asarray(truth).ravel().astype(np.int64), np.asarray(prediction).ravel().astype(np.int64)
+    keep = truth != ignore_label
+    if np.any(truth[keep] >= num_classes) or np.any(prediction >= num_classes):
+        raise ValueError(f"labels outside 0..{num_classes - 1}")
+    return np.bincount(truth[keep] * num_classes + prediction[keep],
+                       minlength=num_classes**2).reshape(num_classes, num_classes)
+
+
+def class_scores(confusion: np.ndarray, class_names: list[str]) -> dict:
+    """Per-class IoU and Dice, mean IoU and Dice (over classes that occur), pixel accuracy."""
+    confusion = np.asarray(confusion, np.float64)
+    tp = np.diag(confusion)
+    fp, fn = confusion.sum(axis=0) - tp, confusion.sum(axis=1) - tp
+    present = (tp + fp + fn) > 0
+    iou = np.where(present, tp / np.maximum(tp + fp + fn, 1), np.nan)
+    dice = np.where(present, 2 * tp / np.maximum(2 * tp + fp + fn, 1), np.nan)
+    return {"pixel_accuracy": float(tp.sum() / max(confusion.sum(), 1)),
+            "mean_iou": float(np.nanmean(iou)) if present.any() else float("nan"),
+            "mean_dice": float(np.nanmean(dice)) if present.any() else float("nan"),
+            "iou": {name: (None if np.isnan(v) else float(v)) for name, v in zip(class_names, iou)},
+            "dice": {name: (None if np.isnan(v) else float(v)) for name, v in zip(class_names, dice)}}
+
+
+def evaluate_classes(ids, truths, predictions, class_names, ignore_label: int = 255) -> tuple[dict, list[dict], np.ndarray]:
+    """(summary over all pixels, one row per image, the confusion matrix)."""
+    k = len(class_names)
+    total = np.zeros((k, k), np.int64)
+    rows = []
+    for image_id, truth, prediction in zip(ids, truths, predictions):
+        confusion = confusion_matrix(truth, prediction, k, ignore_label)
+        total += confusion
+        scores = class_scores(confusion, class_names)
+        rows.append({"image": image_id, "pixel_accuracy": scores["pixel_accuracy"], "mean_iou": scores["mean_iou"],
+                     **{f"iou_{name}": scores["iou"][name] for name in class_names}})
+    summary = class_scores(total, class_names)
+    summary["images"] = len(rows)
+    summary["confusion"] = total.tolist()
+    return summary, rows, total
+
+
+def format_table(summary: dict) -> str:
+    """A short plain-text table of a summary."""
+    lines = []
+    for key, value in summary.items():
+        if isinstance(value, dict):
+            lines += [f"  {key:<10} {name:<24} {'-' if v is None else f'{v:.4f}'}" for name, v in value.items()]
+        elif isinstance(value, float):
+            lines.append(f"  {key:<35} {value:.4f}")
+        elif not isinstance(value, list):
+            lines.append(f"  {key:<35} {value}")
+    return "\n".join(lines)
+
+
+def read_predictions(folder, ids) -> list[np.ndarray]:
+    """``<folder>/masks/<id>.png`` for each id (label values as stored, 'P' as indices)."""
+    from pathlib import Path
+
+    from .io import DataError, open_image
+
+    folder = Path(folder)
+    missing = [str(folder / "masks" / f"{i}.png") for i in ids if not (folder / "masks" / f"{i}.png").is_file()]
+    if missing:
+        raise DataError([f"{m}: no prediction for this ground-truth image" for m in missing])
+    return [np.asarray(open_image(folder / "masks" / f"{i}.png")) for i in ids]
+
+
+def evaluate_folder(pred_dir, truth) -> tuple[dict, list[dict], np.ndarray | None]:
+    """Score the predictions in ``pred_dir`` against a labelled Dataset."""
+    if truth.masks is None:
+        raise ValueError(f"{truth.source}: no ground truth to evaluate against")
+    predictions = read_predictions(pred_dir, truth.ids)
+    from .io import DataError
+
+    wrong = [f"{pred_dir}/masks/{i}.png: size {p.shape[1]}x{p.shape[0]} differs from the truth {t.shape[1]}x{t.shape[0]}"
+             for i, p, t in zip(truth.ids, predictions, truth.masks) if p.shape[:2] != t.shape[:2]]
+    if wrong:
+        raise DataError(wrong)
+    if truth.kind == "dsb2018":
+        summary, rows = evaluate_nuclei(truth.ids, truth.instances, predictions)
+        return summary, rows, None
+    return evaluate_classes(truth.ids, truth.masks, predictions, truth.class_names)

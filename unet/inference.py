@@ -1,0 +1,294 @@
+"""Prediction at native resolution: tiled sliding window with smooth blending, test-time
+augmentation, and the step from probabilities to nuclei (instances) or tissue classes."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from .training import normalize
+
+
+def model_stride(model) -> int:
+    """The size multiple a model needs (2**depth for the U-Net, 1 for anything without a SizeCheck)."""
+    for layer in getattr(model, "layers", []):
+        if hasattr(layer, "multiple"):
+            return int(layer.multiple)
+    return 1
+
+
+def _tile_starts(length: int, tile: int, step: int) -> list[int]:
+    if length <= tile:
+        return [0]
+    starts = list(range(0, length - tile, step))
+    return starts + [length - tile]
+
+
+def _axis_weights(tile: int, start: int, length: int, margin: int, ramp: int) -> np.ndarray:
+    """1-D blending weights of one tile: zero within ``margin`` of an edge that lies inside the
+    image, then a raised-cosine ramp of ``ramp`` pixels up to 1; image edges get full weight."""
+    weights = np.ones(tile, np.float64)
+    ramp_up = np.sin(np.linspace(0, np.pi / 2, ramp + 2)[1:-1]) ** 2 if ramp else np.zeros(0)
+    if start > 0:
+        weights[:margin] = 0
+        weights[margin:margin + ramp] = ramp_up
+    if start + tile < length:
+        weights[tile - margin:] = 0
+        weights[tile - margin - ramp:tile - margin] = np.minimum(weights[tile - margin - ramp:tile - margin],
+                                                                 ramp_up[::-1])
+    return weights
+
+
+DIHEDRAL = [(k, flip) for flip in (False, True) for k in range(4)]
+
+
+def _transform(batch: np.ndarray, k: int, flip: bool) -> np.ndarray:
+    batch = np.flip(batch, axis=2) if flip else batch
+    return np.rot90(batch, k, axes=(1, 2))
+
+
+def _untransform(batch: np.ndarray, k: int, flip: bool) -> np.ndarray:
+    batch = np.rot90(batch, -k, axes=(1, 2))
+    return np.flip(batch, axis=2) if flip else batch
+
+
+def predict_batch(model, batch: np.ndarray, tta: bool = False) -> np.ndarray:
+    """Model probabilities for a batch; with ``tta`` the mean over the 8 flips and rotations."""
+    transforms = DIHEDRAL if tta else DIHEDRAL[:1]
+    total = None
+    for k, flip in transforms:
+        out = np.asarray(model.predict_on_batch(np.ascontiguousarray(_transform(batch, k, flip))), np.float32)
+        out = _untransform(out, k, flip)
+        total = out if total is None else total + out
+    return total / len(transforms)
+
+
+def predict_tiled(model, image: np.ndarray, tile_size: int = 256, overlap: float = 0.25, batch_size: int = 4,
+                  tta: bool = False, normalize_input: bool = True, progress: bool = False) -> np.ndarray:
+    """Probabilities (H, W, C) for an image of any size.
+
+    The image is normalized as in training, mirror-padded to the model's stride and cut into
+    overlapping tiles (a single pass when it fits in one tile). Each tile's weight is zero
+    within overlap/4 of an inner edge and ramps smoothly to 1, so seams are blended and, when
+    overlap/4 covers the model's receptive field, the result equals the untiled prediction.
+    """
+    x = normalize(image) if normalize_input else np.asarray(image, np.float32)
+    if x.ndim == 2:
+        x = x[..., None]
+    height, width = x.shape[:2]
+    stride = model_stride(model)
+    padded_h, padded_w = (math.ceil(s / stride) * stride for s in (height, width))
+    x = np.pad(x, ((0, padded_h - height), (0, padded_w - width), (0, 0)), mode="reflect" if min(height, width) > 1
+               else "edge")
+    tile_h, tile_w = min(tile_size, padded_h), min(tile_size, padded_w)
+    if tile_size % stride:
+        raise ValueError(f"tile_size {tile_size} is not a multiple of the model stride {stride}")
+    overlap_px = int(round(overlap * tile_size))
+    step = max(stride, (tile_size - overlap_px) // stride * stride)
+    margin, ramp = overlap_px // 4, overlap_px // 2
+    starts = [(y, x0) for y in _tile_starts(padded_h, tile_h, step) for x0 in _tile_starts(padded_w, tile_w, step)]
+
+    total = weight_sum = None
+    bar = tqdm(total=len(starts), desc="tiles", disable=not progress, leave=False)
+    for first in range(0, len(starts), batch_size):
+        chunk = starts[first:first + batch_size]
+        batch = np.stack([x[y:y + tile_h, x0:x0 + tile_w] for y, x0 in chunk])
+        out = predict_batch(model, batch, tta)
+        if total is None:
+            total = np.zeros((padded_h, padded_w, out.shape[-1]), np.float64)
+            weight_sum = np.zeros((padded_h, padded_w, 1), np.float64)
+        for (y, x0), tile in zip(chunk, out):
+            w = np.outer(_axis_weights(tile_h, y, padded_h, margin, ramp),
+                         _axis_weights(tile_w, x0, padded_w, margin, ramp))[..., None]
+            total[y:y + tile_h, x0:x0 + tile_w] += w * tile
+            weight_sum[y:y + tile_h, x0:x0 + tile_w] += w
+        bar.update(len(chunk))
+    bar.close()
+    return (total / weight_sum)[:height, :width].astype(np.float32)
+
+
+# ----------------------------------------------------------------------------- post-processing
+
+
+def _relabel(labels: np.ndarray, min_area: int) -> np.ndarray:
+    from skimage.morphology import remove_small_objects
+    from skimage.segmentation import relabel_sequential
+
+    if min_area > 1 and labels.max():
+        labels = remove_small_objects(labels, max_size=min_area - 1)
+    return relabel_sequential(labels)[0].astype(np.uint16)
+
+
+def nuclei_from_probabilities(probabilities: np.ndarray, min_area: int = 12, threshold: float = 0.5) -> np.ndarray:
+    """uint16 instance labels from nuclei probabilities.
+
+    3 channels (background, interior, boundary): interiors are the seeds, grown by watershed
+    over the foreground (interior + boundary); foreground without a seed becomes its own
+    nucleus. 1 channel (foreground): distance-transform watershed. Objects smaller than
+    ``min_area`` pixels are removed.
+    """
+    from scipy import ndimage as ndi
+    from skimage.feature import peak_local_max
+    from skimage.segmentation import watershed
+
+    probabilities = np.asarray(probabilities, np.float32)
+    if probabilities.shape[-1] == 3:
+        interior, boundary = probabilities[..., 1], probabilities[..., 2]
+        foreground = interior + boundary > threshold
+        seeds = ndi.label((interior > threshold) & foreground)[0]
+        labels = watershed(-interior, markers=seeds, mask=foreground)
+        orphans = ndi.label(foreground & (labels == 0))[0]
+        labels = np.where(orphans > 0, orphans + labels.max(), labels)
+    elif probabilities.shape[-1] == 1:
+        foreground = probabilities[..., 0] > threshold
+        distance = ndi.distance_transform_edt(foreground)
+        components = ndi.label(foreground)[0]
+        peaks = peak_local_max(ndi.gaussian_filter(distance, 1.0), min_distance=4, labels=components,
+                               exclude_border=False)
+        markers = np.zeros(foreground.shape, np.int32)
+        markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
+        labels = watershed(-distance, markers=markers, mask=foreground)
+        orphans = ndi.label(foreground & (labels == 0))[0]
+        labels = np.where(orphans > 0, orphans + labels.max(), labels)
+    else:
+        raise ValueError(f"nuclei need 1 or 3 output channels, not {probabilities.shape[-1]}")
+    return _relabel(labels.astype(np.int32), min_area)
+
+
+def classes_from_probabilities(probabilities: np.ndarray) -> np.ndarray:
+    """uint8 class map (argmax) of tissue probabilities."""
+    return np.asarray(probabilities).argmax(axis=-1).astype(np.uint8)
+
+
+# ----------------------------------------------------------------------------- whole folders
+
+
+def load_run_model(path: str | Path):
+    """(model, config) from a ``.keras`` file and the ``config.json`` beside it."""
+    import keras
+
+    from . import losses, model as _model  # noqa: F401  (registers the custom objects)
+    from .config import Config
+
+    path = Path(path)
+    model = keras.saving.load_model(path, safe_mode=True, compile=False)
+    config_path = path.parent / "config.json"
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{config_path}: the run's config.json is needed beside the model")
+    return model, Config.load(config_path)
+
+
+def predict_image(model, config, image: np.ndarray, progress: bool = False):
+    """(probabilities, labels): nuclei instance map (uint16) or tissue class map (uint8)."""
+    probabilities = predict_tiled(model, image, config.tile_size, config.tile_overlap, config.batch_size,
+                                  config.tta, progress=progress)
+    if config.kind == "dsb2018":
+        return probabilities, nuclei_from_probabilities(probabilities, config.min_nucleus_area)
+    return probabilities, classes_from_probabilities(probabilities)
+
+
+def dataset_for_prediction(path: str | Path, config):
+    """A Dataset of the images to predict: a DSB2018 root (its stage1_test, else stage1_train),
+    a dataset folder in either layout (labels used for overlays when present) or a plain folder
+    of images."""
+    from .data import Dataset, detect_layout, find_splits, load_from_config
+    from .io import DataError, list_images, read_rgb
+
+    path = Path(path)
+    try:
+        layout = detect_layout(path)
+    except DataError:
+        layout = None
+    if layout is None:
+        files = list_images(path)
+        if not files:
+            raise DataError(f"{path}: no images to predict")
+        return Dataset(config.kind, [p.stem for p in files], [read_rgb(p) for p in files], None, source=str(path))
+    if layout == "dsb2018":
+        train, test = find_splits(path)
+        path = test or train
+    return load_from_config(config.replace(kind=layout), path, require_labels=False)
+
+
+def _thumbnail(frame: np.ndarray, side: int = 512) -> np.ndarray:
+    from PIL import Image
+
+    scale = side / max(frame.shape[:2])
+    if scale >= 1:
+        return frame
+    size = (max(1, round(frame.shape[1] * scale)), max(1, round(frame.shape[0] * scale)))
+    return np.asarray(Image.fromarray(frame).resize(size, Image.Resampling.LANCZOS))
+
+
+def nucleus_table(image_id: str, image: np.ndarray, labels: np.ndarray) -> list[dict]:
+    """One row per nucleus: label, area, centroid, equivalent diameter, eccentricity, mean intensity."""
+    from skimage.measure import regionprops_table
+
+    if not labels.max():
+        return []
+    gray = np.asarray(image, np.float32).mean(axis=-1)
+    table = regionprops_table(labels, intensity_image=gray, properties=(
+        "label", "area", "centroid", "equivalent_diameter_area", "eccentricity", "intensity_mean"))
+    return [{"image": image_id, "label": int(table["label"][i]), "area": int(table["area"][i]),
+             "centroid_y": round(float(table["centroid-0"][i]), 2), "centroid_x": round(float(table["centroid-1"][i]), 2),
+             "equivalent_diameter": round(float(table["equivalent_diameter_area"][i]), 3),
+             "eccentricity": round(float(table["eccentricity"][i]), 4),
+             "mean_intensity": round(float(table["intensity_mean"][i]), 3)} for i in range(len(table["label"]))]
+
+
+def _write_csv(path: Path, rows: list[dict], header: list[str]) -> None:
+    import csv
+
+    from .io import atomic_path
+
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=header)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def predict_folder(model, config, dataset, out: str | Path, progress: bool = True) -> dict:
+    """Predict every image of ``dataset`` and write everything to ``out``.
+
+    ``masks/<id>.png`` (16-bit instance labels for nuclei, 'P' class PNGs for tissue),
+    ``overlays/<id>.png``, ``input.gif``, ``output.gif`` and, for nuclei, ``nuclei.csv`` and
+    Kaggle's ``submission.csv``. Returns the predicted label maps by id.
+    """
+    from .io import save_png
+    from .rle import rle_encode_labels
+    from .visuals import draw_classes, draw_instances, overlay_panel, write_gif
+
+    out = Path(out)
+    nuclei = config.kind == "dsb2018"
+    palette = np.array(config.extra.get("palette") or [[0, 0, 0]], np.uint8)
+    truths = dataset.instances if nuclei else dataset.masks
+    predictions, table, submission, inputs, outputs = {}, [], [], [], []
+    for index in tqdm(range(len(dataset)), desc="predicting", disable=not progress):
+        image_id, image = dataset.ids[index], np.asarray(dataset.images[index])
+        _, labels = predict_image(model, config, image)
+        predictions[image_id] = labels
+        truth = None if truths is None else np.asarray(truths[index])
+        if nuclei:
+            save_png(out / "masks" / f"{image_id}.png", labels)
+            table += nucleus_table(image_id, image, labels)
+            encoded = rle_encode_labels(labels)
+            submission += [{"ImageId": image_id, "EncodedPixels": e} for e in encoded.values()] or [
+                {"ImageId": image_id, "EncodedPixels": ""}]
+            drawn = draw_instances(image, labels)
+        else:
+            save_png(out / "masks" / f"{image_id}.png", labels, palette=palette)
+            drawn = draw_classes(image, labels, palette)
+        save_png(out / "overlays" / f"{image_id}.png",
+                 overlay_panel(image, labels, truth, instances=nuclei, palette=palette))
+        inputs.append(_thumbnail(image))
+        outputs.append(_thumbnail(drawn))
+    write_gif(out / "input.gif", inputs)
+    write_gif(out / "output.gif", outputs)
+    if nuclei:
+        _write_csv(out / "nuclei.csv", table, ["image", "label", "area", "centroid_y", "centroid_x",
+                                                "equivalent_diameter", "eccentricity", "mean_intensity"])
+        _write_csv(out / "submission.csv", submission, ["ImageId", "EncodedPixels"])
+    return predictions
