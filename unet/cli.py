@@ -128,6 +128,33 @@ def _evaluate(args) -> int:
     return 0
 
 
+DEMO_PARAMETERS = {  # sized so that both tasks finish in about 10 minutes on 2 CPU cores
+    "nuclei": {"IMAGE_SIZE": 128, "EPOCHS": 20, "STEPS_PER_EPOCH": 40, "BATCH_SIZE": 8, "BASE_FILTERS": 16},
+    "tissue": {"IMAGE_SIZE": 128, "EPOCHS": 10, "STEPS_PER_EPOCH": 40, "BATCH_SIZE": 8, "BASE_FILTERS": 16},
+}
+
+
+def _demo(args) -> int:
+    from .study import run_demo
+
+    for task in args.tasks:
+        parameters = {**DEMO_PARAMETERS[task], "LAUNCH_TENSORBOARD": False, **dict(args.set or [])}
+        run_demo(args.notebook, args.output, tasks=[task], parameters=parameters)
+    print(f"executed notebooks: {args.output}/Unet-<task>.ipynb; runs under logs/, predictions under {args.output}/")
+    print("view training: make tensorboard  (or: .venv/bin/tensorboard --logdir logs --host 127.0.0.1)")
+    return 0
+
+
+def _parameter(text: str):
+    import ast
+
+    name, _, value = text.partition("=")
+    try:
+        return name, ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return name, value
+
+
 def _add_data_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kind", default="auto", choices=["auto", "dsb2018", "tissue"])
     parser.add_argument("--mask-mode", default="auto", choices=["auto", "P", "L", "RGB"],
@@ -181,6 +208,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_options(evaluate)
     evaluate.add_argument("--npy-dir", type=Path)
     evaluate.set_defaults(run=_evaluate)
+
+    demo = commands.add_parser("demo", help="execute Unet.ipynb headless for the nuclei and the tissue task")
+    demo.add_argument("--notebook", type=Path, default=Path("Unet.ipynb"))
+    demo.add_argument("--output", type=Path, default=Path("output"))
+    demo.add_argument("--tasks", nargs="+", default=["nuclei", "tissue"], choices=["nuclei", "tissue"])
+    demo.add_argument("--set", action="append", type=_parameter, metavar="NAME=VALUE",
+                      help="override a notebook parameter (repeatable), e.g. --set EPOCHS=3")
+    demo.set_defaults(run=_demo)
     return parser
 
 

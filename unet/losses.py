@@ -65,17 +65,23 @@ class ConfusionMetric(keras.metrics.Metric):
     ``statistic``: 'accuracy' (pixel accuracy), 'iou' or 'dice'; with ``class_id`` the value of
     one class, otherwise the mean over the classes that occur (in truth or prediction).
     Binary heads are thresholded at 0.5 and scored as two classes (background, foreground).
-    Pixels labelled ``ignore_label`` are left out.
+    Pixels labelled ``ignore_label`` are left out. A metric made with ``source=`` reads the
+    matrix of that metric instead of accumulating its own, so that a family of statistics
+    costs one argmax and one histogram per step.
     """
 
     def __init__(self, num_classes: int, statistic: str = "iou", class_id: int | None = None,
-                 ignore_label: int = 255, name: str | None = None, **kwargs):
+                 ignore_label: int = 255, name: str | None = None, source: "ConfusionMetric | None" = None, **kwargs):
         super().__init__(name=name or statistic, **kwargs)
         self.num_classes, self.statistic, self.class_id, self.ignore_label = num_classes, statistic, class_id, ignore_label
-        n = max(num_classes, 2)
-        self.confusion = self.add_variable(shape=(n, n), initializer="zeros", dtype="float32", name="confusion")
+        self.source = source
+        if source is None:
+            n = max(num_classes, 2)
+            self.confusion = self.add_variable(shape=(n, n), initializer="zeros", dtype="float32", name="confusion")
 
     def update_state(self, y_true, y_pred, sample_weight=None):
+        if self.source is not None:
+            return  # the source metric accumulates the matrix
         n = max(self.num_classes, 2)
         truth = ops.reshape(ops.cast(y_true, "int32"), (-1,))
         if self.num_classes == 1:
@@ -87,12 +93,13 @@ class ConfusionMetric(keras.metrics.Metric):
         self.confusion.assign_add(ops.cast(ops.reshape(counts, (n, n)), "float32"))
 
     def result(self):
-        return confusion_statistic(self.confusion, self.statistic, self.class_id)
+        return confusion_statistic((self.source or self).confusion, self.statistic, self.class_id)
 
     def reset_state(self):
-        self.confusion.assign(ops.zeros_like(self.confusion))
+        if self.source is None:
+            self.confusion.assign(ops.zeros_like(self.confusion))
 
-    def get_config(self):
+    def get_config(self):  # a view is saved as a stand-alone metric computing the same statistic
         return {"name": self.name, "num_classes": self.num_classes, "statistic": self.statistic,
                 "class_id": self.class_id, "ignore_label": self.ignore_label}
 
@@ -118,12 +125,13 @@ def confusion_statistic(confusion, statistic: str, class_id: int | None = None):
 
 
 def make_metrics(num_classes: int, class_names: list[str], ignore_label: int = 255) -> list:
-    """Accuracy, mean IoU, mean Dice and the IoU of each class."""
+    """Accuracy, mean IoU, mean Dice and the IoU of each class, all from one confusion matrix."""
     names = class_names if num_classes > 1 else list(class_names[:2])
-    metrics = [ConfusionMetric(num_classes, "accuracy", ignore_label=ignore_label, name="accuracy"),
-               ConfusionMetric(num_classes, "iou", ignore_label=ignore_label, name="mean_iou"),
-               ConfusionMetric(num_classes, "dice", ignore_label=ignore_label, name="dice")]
+    accuracy = ConfusionMetric(num_classes, "accuracy", ignore_label=ignore_label, name="accuracy")
+    view = lambda statistic, name, class_id=None: ConfusionMetric(  # noqa: E731
+        num_classes, statistic, class_id, ignore_label, name=name, source=accuracy)
+    metrics = [accuracy, view("iou", "mean_iou"), view("dice", "dice")]
     for k, class_name in enumerate(names):
         slug = "".join(c if c.isalnum() else "_" for c in class_name.lower()).strip("_")
-        metrics.append(ConfusionMetric(num_classes, "iou", class_id=k, ignore_label=ignore_label, name=f"iou_{slug}"))
+        metrics.append(view("iou", f"iou_{slug}", k))
     return metrics

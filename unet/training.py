@@ -402,7 +402,7 @@ def _fit(config: Config, train_set: Dataset, val_set: Dataset, precision: str, v
                     callbacks=callbacks, verbose=verbose, shuffle=False)
     seconds = time.perf_counter() - start
     write_training_gif(run_dir)
-    best = keras.saving.load_model(run_dir / "best.keras", safe_mode=True) if (run_dir / "best.keras").exists() else model
+    best = keras.saving.load_model(run_dir / "best.keras", safe_mode=True, compile=False) if (run_dir / "best.keras").exists() else model
     history = read_history(run_dir / "history.csv") if (run_dir / "history.csv").exists() else fit.history
     (run_dir / "summary.json").write_text(json.dumps({"seconds": seconds, "epochs": len(history.get("loss", []))}))
     return Run(run_dir, best, history, config, seconds)

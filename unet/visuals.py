@@ -164,3 +164,30 @@ def plot_confusion(confusion: np.ndarray, class_names: list[str], path: str | Pa
 
 def save_overlay(path: str | Path, *args, **kwargs) -> None:
     save_png(path, overlay_panel(*args, **kwargs))
+
+
+def plot_samples(dataset, count: int = 4, seed: int = 0):
+    """A figure: ``count`` images (top row) and their masks (bottom row; nuclei as instances)."""
+    import matplotlib.pyplot as plt
+
+    rng = np.random.default_rng(seed)
+    picks = sorted(rng.choice(len(dataset), size=min(count, len(dataset)), replace=False))
+    figure, axes = plt.subplots(2, len(picks), figsize=(3.2 * len(picks), 6.4), squeeze=False)
+    for column, index in enumerate(picks):
+        image = np.asarray(dataset.images[index])
+        axes[0, column].imshow(image)
+        axes[0, column].set_title(f"{dataset.ids[index][:12]}  {image.shape[0]}x{image.shape[1]}", fontsize=8)
+        if dataset.instances is not None:
+            labels = np.asarray(dataset.instances[index])
+            shown = np.vstack([[0, 0, 0], instance_colors(int(labels.max()))])[labels]
+            caption = f"{int(labels.max())} nuclei"
+        elif dataset.masks is not None:
+            shown, caption = colorize(dataset.masks[index], dataset.palette), "classes"
+        else:
+            shown, caption = np.zeros_like(image), "no mask"
+        axes[1, column].imshow(shown, interpolation="nearest")
+        axes[1, column].set_title(caption, fontsize=8)
+    for axis in axes.ravel():
+        axis.axis("off")
+    figure.tight_layout()
+    return figure

@@ -1,0 +1,160 @@
+"""Accuracy of the project's default recipe against the Kaggle starter baseline, same time budget.
+
+    .venv/bin/python benchmarks/accuracy.py --train ../shared/data/dsb2018_sample/stage1_train \\
+        --test ../shared/data/dsb2018_sample/stage1_test --minutes 15
+    .venv/bin/python benchmarks/accuracy.py --train ../shared/data/tissue_sample --minutes 6 --image-size 128
+
+Project: the default configuration (native-resolution crops, 3-class nuclei head with watershed,
+or softmax over the tissue classes; tiled prediction at native resolution), trained until the
+wall-clock budget is spent (or early stopping).
+Baseline, as in the well-known Kaggle starter: every image resized to 128x128 and scaled by
+1/255, a U-Net with 16 to 256 filters, cross-entropy only, threshold 0.5 (argmax for tissue),
+connected components as nuclei, predictions resized back. Same budget, same precision policy.
+Nuclei are scored with the DSB2018 metric on the test folder; tissue with mean and per-class IoU
+on the test folder, or on the deterministic 80:20 validation split when there is none.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+
+
+def time_budget(seconds: float):
+    import keras
+
+    class TimeBudget(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            self.start = time.perf_counter()
+
+        def on_train_batch_end(self, batch, logs=None):
+            if time.perf_counter() - self.start > seconds:
+                self.model.stop_training = True
+
+    return TimeBudget()
+
+
+def run_project(config, train_set, val_set, test_set, seconds: float) -> tuple[list, dict]:
+    from unet.inference import predict_image
+    from unet.training import train
+
+    run = train(config, train_set, val_set, verbose=2, extra_callbacks=[time_budget(seconds)])
+    predictions = [predict_image(run.model, run.config, np.asarray(image))[1] for image in test_set.images]
+    return predictions, {"epochs": len(run.history["loss"]), "train_seconds": run.seconds, "run": str(run.run_dir)}
+
+
+def run_starter(kind: str, num_classes: int, train_set, test_set, seconds: float, seed: int) -> tuple[list, dict]:
+    """The Kaggle starter recipe: resize to 128, /255, U-Net 16..256, cross-entropy, resize back."""
+    import keras
+    from scipy import ndimage as ndi
+    from skimage.transform import resize
+
+    from unet.inference import _relabel
+    from unet.model import build_unet
+    from unet.training import precision_policy, resolve_precision
+
+    size = (128, 128)
+    x = np.stack([resize(np.asarray(im), size, preserve_range=True, anti_aliasing=True) for im in train_set.images])
+    x = (x / 255.0).astype(np.float32)
+    if kind == "dsb2018":
+        y = np.stack([resize(np.asarray(m, np.float32), size, order=1) > 0.5 for m in train_set.masks])[..., None]
+        y, channels, loss = y.astype(np.float32), 1, "binary_crossentropy"
+    else:
+        y = np.stack([resize(np.asarray(m), size, order=0, preserve_range=True, anti_aliasing=False)
+                      for m in train_set.masks]).astype(np.int32)[..., None]
+        y[y >= num_classes] = 0  # the starter knows no ignore label
+        channels, loss = num_classes, "sparse_categorical_crossentropy"
+    keras.utils.set_random_seed(seed)
+    with precision_policy(resolve_precision("auto")):
+        model = build_unet(3, channels, base_filters=16, depth=4, dropout=0.1)
+        model.compile(keras.optimizers.Adam(1e-3), loss=loss)
+        start = time.perf_counter()
+        history = model.fit(x, y, batch_size=16, epochs=10_000, validation_split=0.1, verbose=0,
+                            callbacks=[time_budget(seconds),
+                                       keras.callbacks.EarlyStopping(patience=10, restore_best_weights=True)])
+        train_seconds = time.perf_counter() - start
+    predictions = []
+    for image in test_set.images:
+        image = np.asarray(image)
+        small = (resize(image, size, preserve_range=True, anti_aliasing=True) / 255.0).astype(np.float32)
+        probabilities = np.asarray(model.predict(small[None], verbose=0))[0]
+        probabilities = resize(probabilities, image.shape[:2], order=1)
+        if kind == "dsb2018":
+            predictions.append(_relabel(ndi.label(probabilities[..., 0] > 0.5)[0], 1))
+        else:
+            predictions.append(probabilities.argmax(-1).astype(np.uint8))
+    return predictions, {"epochs": len(history.history["loss"]), "train_seconds": train_seconds}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--train", required=True)
+    parser.add_argument("--test", help="a labelled test folder (default: the validation split)")
+    parser.add_argument("--minutes", type=float, default=15.0, help="training budget of each recipe")
+    parser.add_argument("--image-size", type=int, default=256, help="the project's crop size")
+    parser.add_argument("--stray", default="ignore", choices=["ignore", "error"])
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--logs", default="logs/benchmarks")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+
+    from unet.config import Config
+    from unet.data import detect_layout, load_from_config
+    from unet.evaluation import evaluate_classes, evaluate_nuclei
+    from unet.training import environment
+
+    kind = detect_layout(args.train)
+    config = Config(kind=kind, data_dir=args.train, stray=args.stray, seed=args.seed, epochs=10_000,
+                    image_size=args.image_size, early_stopping_patience=15, logs_dir=args.logs,
+                    run_name=f"accuracy-{kind}-{time.strftime('%Y%m%d-%H%M%S')}")
+    dataset = load_from_config(config, progress=False)
+    train_set, val_set = dataset.split(config.val_fraction, config.seed)
+    if args.test:
+        test_set = load_from_config(config, args.test, progress=False)
+        fit_set = dataset  # the starter trains on everything (its own 10% validation split inside)
+    else:
+        test_set, fit_set = val_set, train_set
+    seconds = args.minutes * 60
+    print(f"{kind}: train {args.train} ({len(dataset)} images), test {args.test or 'validation split'} "
+          f"({len(test_set)} images), budget {args.minutes:g} min per recipe")
+
+    results = {"date": time.strftime("%Y-%m-%d"), "environment": environment(), "command": " ".join(sys.argv),
+               "budget_minutes": args.minutes, "kind": kind, "train": args.train, "test": args.test or "validation"}
+    for name in ("project", "starter"):
+        start = time.perf_counter()
+        if name == "project":
+            predictions, info = run_project(config, train_set, val_set, test_set, seconds)
+        else:
+            predictions, info = run_starter(kind, dataset.num_classes, fit_set, test_set, seconds, args.seed)
+        if kind == "dsb2018":
+            summary, _ = evaluate_nuclei(test_set.ids, test_set.instances, predictions)
+        else:
+            summary, _, _ = evaluate_classes(test_set.ids, test_set.masks, predictions, test_set.class_names)
+            summary.pop("confusion")
+        results[name] = {**info, "total_seconds": time.perf_counter() - start, **summary}
+        print(f"{name}: {json.dumps(results[name], default=str)}", flush=True)
+
+    keys = ("map", "ap50", "foreground_iou") if kind == "dsb2018" else ("mean_iou", "pixel_accuracy")
+    print(f"\n{'metric':<16} {'project':>8} {'starter':>8} {'ratio':>7}")
+    for key in keys:
+        p, s = results["project"][key], results["starter"][key]
+        print(f"{key:<16} {p:>8.4f} {s:>8.4f} {p / s if s else float('inf'):>6.2f}x")
+    if kind != "dsb2018":
+        for cls in results["project"]["iou"]:
+            p, s = results["project"]["iou"][cls], results["starter"]["iou"][cls]
+            print(f"iou {cls:<12} {p if p is not None else float('nan'):>8.4f} {s if s is not None else float('nan'):>8.4f}")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()
