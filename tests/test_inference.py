@@ -241,3 +241,13 @@ def test_evaluate_names_missing_predictions(tiny_sample, tmp_path, capsys):
     code = cli(["evaluate", "--pred", str(tmp_path / "pred"), "--truth", str(tiny_sample / "tissue"),
                 "--npy-dir", str(tmp_path / "npy")])
     assert code == 1 and "tissue_000.png: no prediction" in capsys.readouterr().err
+
+
+def test_resize_mode_predicts_at_the_training_size_and_returns_native_size():
+    from unet.inference import predict_image
+
+    model = build_unet(3, 4, base_filters=2, depth=2)
+    config = Config(kind="tissue", input_mode="resize", image_size=32)
+    image = np.random.default_rng(3).integers(0, 255, (50, 70, 3), dtype=np.uint8)
+    probabilities, labels = predict_image(model, config, image)
+    assert probabilities.shape == (50, 70, 4) and labels.shape == (50, 70) and labels.dtype == np.uint8

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from .training import normalize
+from .training import hard_prediction, normalize
 
 
 def model_stride(model) -> int:
@@ -158,11 +158,6 @@ def nuclei_from_probabilities(probabilities: np.ndarray, min_area: int = 12, thr
     return _relabel(labels.astype(np.int32), min_area)
 
 
-def classes_from_probabilities(probabilities: np.ndarray) -> np.ndarray:
-    """uint8 class map (argmax) of tissue probabilities."""
-    return np.asarray(probabilities).argmax(axis=-1).astype(np.uint8)
-
-
 # ----------------------------------------------------------------------------- whole folders
 
 
@@ -182,12 +177,24 @@ def load_run_model(path: str | Path):
 
 
 def predict_image(model, config, image: np.ndarray, progress: bool = False):
-    """(probabilities, labels): nuclei instance map (uint16) or tissue class map (uint8)."""
-    probabilities = predict_tiled(model, image, config.tile_size, config.tile_overlap, config.batch_size,
-                                  config.tta, progress=progress)
+    """(probabilities, labels): nuclei instance map (uint16) or tissue class map (uint8).
+
+    Native resolution through the tiler; a model trained in 'resize' mode sees the image resized
+    to its training size, and its probabilities are resized back.
+    """
+    if config.input_mode == "resize":  # trained on images resized to image_size: predict at that size
+        from skimage.transform import resize
+
+        small = resize(np.asarray(image), (config.image_size, config.image_size), preserve_range=True,
+                       anti_aliasing=True)
+        probabilities = predict_tiled(model, small, config.image_size, 0.0, 1, config.tta)
+        probabilities = resize(probabilities, image.shape[:2], order=1).astype(np.float32)
+    else:
+        probabilities = predict_tiled(model, image, config.tile_size, config.tile_overlap, config.batch_size,
+                                      config.tta, progress=progress)
     if config.kind == "dsb2018":
         return probabilities, nuclei_from_probabilities(probabilities, config.min_nucleus_area)
-    return probabilities, classes_from_probabilities(probabilities)
+    return probabilities, hard_prediction(probabilities)
 
 
 def dataset_for_prediction(path: str | Path, config):

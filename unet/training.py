@@ -15,6 +15,7 @@ import numpy as np
 
 from .config import Config
 from .data import Dataset
+from .io import write_text_atomic
 
 # ----------------------------------------------------------------------------- targets
 
@@ -402,9 +403,10 @@ def _fit(config: Config, train_set: Dataset, val_set: Dataset, precision: str, v
                     callbacks=callbacks, verbose=verbose, shuffle=False)
     seconds = time.perf_counter() - start
     write_training_gif(run_dir)
-    best = keras.saving.load_model(run_dir / "best.keras", safe_mode=True, compile=False) if (run_dir / "best.keras").exists() else model
-    history = read_history(run_dir / "history.csv") if (run_dir / "history.csv").exists() else fit.history
-    (run_dir / "summary.json").write_text(json.dumps({"seconds": seconds, "epochs": len(history.get("loss", []))}))
+    best_path, history_path = run_dir / "best.keras", run_dir / "history.csv"
+    best = keras.saving.load_model(best_path, safe_mode=True, compile=False) if best_path.exists() else model
+    history = read_history(history_path) if history_path.exists() else fit.history
+    write_text_atomic(run_dir / "summary.json", json.dumps({"seconds": seconds, "epochs": len(history.get("loss", []))}))
     return Run(run_dir, best, history, config, seconds)
 
 

@@ -110,40 +110,40 @@ def write_gif(path: str | Path, frames: list[np.ndarray], seconds_per_frame: flo
 
 def plot_curves(history: dict[str, list[float]], path: str | Path) -> Path:
     """``curves.png``: loss and mean IoU per epoch, training and validation."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     epochs = np.arange(1, len(history.get("loss", [])) + 1)
-    figure, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    figure = Figure(figsize=(10, 3.6))
+    axes = figure.subplots(1, 2)
     for axis, key, title in ((axes[0], "loss", "loss"), (axes[1], "mean_iou", "mean IoU")):
         for prefix, style in (("", "-"), ("val_", "--")):
             if history.get(prefix + key):
                 axis.plot(epochs, history[prefix + key], style, label=("validation" if prefix else "training"))
         axis.set_title(title)
         axis.set_xlabel("epoch")
+        axis.xaxis.get_major_locator().set_params(integer=True)
         axis.grid(alpha=0.3)
         axis.legend()
+    return _save_figure(figure, path)
+
+
+def _save_figure(figure, path: str | Path) -> Path:
     figure.tight_layout()
     path = Path(path)
     with atomic_path(path) as tmp:
         figure.savefig(tmp, dpi=110, format="png")
-    plt.close(figure)
     return path
 
 
 def plot_confusion(confusion: np.ndarray, class_names: list[str], path: str | Path) -> Path:
     """Row-normalized confusion matrix (truth rows, prediction columns) with the counts."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     confusion = np.asarray(confusion, np.float64)
     rates = confusion / np.maximum(confusion.sum(axis=1, keepdims=True), 1)
     size = 1.2 + 0.9 * len(class_names)
-    figure, axis = plt.subplots(figsize=(size + 1, size))
+    figure = Figure(figsize=(size + 1, size))
+    axis = figure.subplots()
     shown = axis.imshow(rates, cmap="Blues", vmin=0, vmax=1)
     axis.set_xticks(range(len(class_names)), class_names, rotation=45, ha="right")
     axis.set_yticks(range(len(class_names)), class_names)
@@ -154,12 +154,7 @@ def plot_confusion(confusion: np.ndarray, class_names: list[str], path: str | Pa
             axis.text(j, i, f"{rates[i, j]:.2f}\n{int(confusion[i, j])}", ha="center", va="center", fontsize=7,
                       color="white" if rates[i, j] > 0.5 else "black")
     figure.colorbar(shown, ax=axis, fraction=0.046)
-    figure.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, dpi=110, format="png")
-    plt.close(figure)
-    return path
+    return _save_figure(figure, path)
 
 
 def save_overlay(path: str | Path, *args, **kwargs) -> None:
