@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import keras
 from keras import ops
 
@@ -132,6 +134,6 @@ def make_metrics(num_classes: int, class_names: list[str], ignore_label: int = 2
         num_classes, statistic, class_id, ignore_label, name=name, source=accuracy)
     metrics = [accuracy, view("iou", "mean_iou"), view("dice", "dice")]
     for k, class_name in enumerate(names):
-        slug = "".join(c if c.isalnum() else "_" for c in class_name.lower()).strip("_")
+        slug = re.sub(r"[^a-z0-9]+", "_", class_name.lower()).strip("_")
         metrics.append(view("iou", f"iou_{slug}", k))
     return metrics
