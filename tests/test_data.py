@@ -302,3 +302,13 @@ def test_sample_is_deterministic_and_loads_in_both_layouts(tmp_path):
     assert Image.open(a / "tissue/masks/tissue_000.png").mode == "P"
     modes = {Image.open(p).mode for p in (a / "dsb2018/stage1_train").glob("*/images/*.png")}
     assert {"RGBA", "RGB", "L"} <= modes
+
+
+def test_layout_detection_tells_a_dsb_folder_from_a_parent_of_tissue_folders(dsb_dir, tmp_path):
+    from unet.data import detect_layout
+
+    write_tissue(tmp_path / "parent" / "tissue", "P", n=1)
+    assert detect_layout(tmp_path / "parent" / "tissue") == "tissue"
+    with pytest.raises(DataError, match="neither"):
+        detect_layout(tmp_path / "parent")
+    assert detect_layout(dsb_dir) == "dsb2018" and detect_layout(dsb_dir.parent) == "dsb2018"

@@ -104,10 +104,16 @@ def detect_layout(path: str | Path) -> str:
         return "tissue"
     if (path / "stage1_train").is_dir() or (path / "stage1_test").is_dir():
         return "dsb2018"
-    if any((sub / "images").is_dir() for sub in path.iterdir() if sub.is_dir()):
+    if any(_is_dsb_sample(sub) for sub in path.iterdir() if sub.is_dir()):
         return "dsb2018"
     raise DataError(f"{path}: neither the DSB2018 layout (<id>/images/<id>.png) nor an "
                     "images/ + masks/ folder pair")
+
+
+def _is_dsb_sample(folder: Path) -> bool:
+    """A Kaggle ``<id>/`` folder: ``images/`` holding an image named after the folder."""
+    images = folder / "images"
+    return images.is_dir() and any(p.stem == folder.name for p in images.iterdir() if is_image_file(p))
 
 
 def find_splits(path: str | Path) -> tuple[Path, Path | None]:
