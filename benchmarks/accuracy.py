@@ -80,7 +80,7 @@ def run_starter(kind: str, num_classes: int, train_set, test_set, seconds: float
     from scipy import ndimage as ndi
     from skimage.transform import resize
 
-    from unet.inference import _relabel
+    from unet.inference import relabel_instances
     from unet.model import build_unet
     from unet.training import precision_policy, resolve_precision
 
@@ -110,7 +110,7 @@ def run_starter(kind: str, num_classes: int, train_set, test_set, seconds: float
         probabilities = np.asarray(model.predict(small[None], verbose=0))[0]
         probabilities = resize(probabilities, image.shape[:2], order=1)
         if kind == "dsb2018":
-            predictions.append(_relabel(ndi.label(probabilities[..., 0] > 0.5)[0], 1))
+            predictions.append(relabel_instances(ndi.label(probabilities[..., 0] > 0.5)[0], 1))
         else:
             predictions.append(probabilities.argmax(-1).astype(np.uint8))
     return predictions, {"epochs": len(history.history["loss"]), "train_seconds": train_seconds}

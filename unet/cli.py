@@ -84,14 +84,15 @@ def _train(args) -> int:
 
 
 def _predict(args) -> int:
-    from .inference import dataset_for_prediction, load_run_model, predict_folder
+    from .data import load_folder
+    from .inference import load_run_model, predict_folder
 
     model, config = load_run_model(args.model)
     changes = {k: v for k, v in (("tile_size", args.tile_size), ("tile_overlap", args.tile_overlap),
                                  ("batch_size", args.batch_size), ("min_nucleus_area", args.min_area),
                                  ("npy_dir", args.npy_dir)) if v is not None}
     config = config.replace(tta=args.tta or config.tta, **changes)
-    dataset = dataset_for_prediction(args.images, config)
+    dataset = load_folder(args.images, config)
     predict_folder(model, config, dataset, args.out, progress=not args.quiet)
     written = "masks/, overlays/, input.gif, output.gif" + (", nuclei.csv, submission.csv"
                                                              if config.kind == "dsb2018" else "")
@@ -103,22 +104,18 @@ def _evaluate(args) -> int:
     import json
 
     from .config import Config
-    from .data import detect_layout, find_splits, load_from_config
+    from .data import detect_layout, load_folder
     from .evaluation import evaluate_folder, format_table
-    from .inference import _write_csv
-    from .io import write_text_atomic
+    from .io import write_csv, write_text_atomic
     from .visuals import plot_confusion
 
     kind = detect_layout(args.truth) if args.kind == "auto" else args.kind
-    folder = args.truth
-    if kind == "dsb2018":
-        train, test = find_splits(folder)
-        folder = test or train
     config = Config(kind=kind, mask_mode=args.mask_mode, stray=args.stray, npy_dir=args.npy_dir or "npy")
-    truth = load_from_config(config, folder, progress=False)
+    truth = load_folder(args.truth, config, require_labels=True)
+    folder = truth.source
     summary, rows, confusion = evaluate_folder(args.pred, truth)
     write_text_atomic(args.pred / "metrics.json", json.dumps(summary, indent=2) + "\n")
-    _write_csv(args.pred / "per_image.csv", rows, list(rows[0]))
+    write_csv(args.pred / "per_image.csv", rows, list(rows[0]))
     if confusion is not None:
         plot_confusion(confusion, truth.class_names, args.pred / "confusion.png")
     print(f"{kind}: {len(rows)} images of {folder}")

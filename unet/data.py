@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .io import DataError, is_image_file, list_images, open_image, to_rgb
+from .io import DataError, is_image_file, list_images, open_image, read_rgb, to_rgb
 from .rle import read_rle_csv, rle_decode
 
 CACHE_VERSION = 1
@@ -569,3 +569,24 @@ def load_from_config(config, folder: str | Path | None = None, require_labels: b
     return load_dataset(folder or config.data_dir, config.kind, npy_dir=config.npy_dir, mask_mode=config.mask_mode,
                         stray=config.stray, ignore_label=config.ignore_label, min_class_share=config.min_class_share,
                         require_labels=require_labels, progress=progress)
+
+
+def load_folder(path: str | Path, config, require_labels: bool = False) -> Dataset:
+    """The images (and labels, when present) of any folder: a DSB2018 root (its stage1_test,
+    else stage1_train), a dataset folder in either layout, or a plain folder of images."""
+    path = Path(path)
+    try:
+        layout = detect_layout(path)
+    except DataError:
+        if require_labels:
+            raise
+        layout = None
+    if layout is None:
+        files = list_images(path)
+        if not files:
+            raise DataError(f"{path}: no images to predict")
+        return Dataset(config.kind, [p.stem for p in files], [read_rgb(p) for p in files], None, source=str(path))
+    if layout == "dsb2018":
+        train, test = find_splits(path)
+        path = test or train
+    return load_from_config(config.replace(kind=layout), path, require_labels=require_labels)

@@ -113,7 +113,8 @@ def predict_tiled(model, image: np.ndarray, tile_size: int = 256, overlap: float
 # ----------------------------------------------------------------------------- post-processing
 
 
-def _relabel(labels: np.ndarray, min_area: int) -> np.ndarray:
+def relabel_instances(labels: np.ndarray, min_area: int) -> np.ndarray:
+    """Labels 1..n (uint16) after removing objects smaller than ``min_area`` pixels."""
     from skimage.morphology import remove_small_objects
     from skimage.segmentation import relabel_sequential
 
@@ -155,7 +156,7 @@ def nuclei_from_probabilities(probabilities: np.ndarray, min_area: int = 12, thr
         labels = np.where(orphans > 0, orphans + labels.max(), labels)
     else:
         raise ValueError(f"nuclei need 1 or 3 output channels, not {probabilities.shape[-1]}")
-    return _relabel(labels.astype(np.int32), min_area)
+    return relabel_instances(labels.astype(np.int32), min_area)
 
 
 # ----------------------------------------------------------------------------- whole folders
@@ -197,29 +198,6 @@ def predict_image(model, config, image: np.ndarray, progress: bool = False):
     return probabilities, hard_prediction(probabilities)
 
 
-def dataset_for_prediction(path: str | Path, config):
-    """A Dataset of the images to predict: a DSB2018 root (its stage1_test, else stage1_train),
-    a dataset folder in either layout (labels used for overlays when present) or a plain folder
-    of images."""
-    from .data import Dataset, detect_layout, find_splits, load_from_config
-    from .io import DataError, list_images, read_rgb
-
-    path = Path(path)
-    try:
-        layout = detect_layout(path)
-    except DataError:
-        layout = None
-    if layout is None:
-        files = list_images(path)
-        if not files:
-            raise DataError(f"{path}: no images to predict")
-        return Dataset(config.kind, [p.stem for p in files], [read_rgb(p) for p in files], None, source=str(path))
-    if layout == "dsb2018":
-        train, test = find_splits(path)
-        path = test or train
-    return load_from_config(config.replace(kind=layout), path, require_labels=False)
-
-
 def _thumbnail(frame: np.ndarray, side: int = 512) -> np.ndarray:
     from PIL import Image
 
@@ -246,17 +224,6 @@ def nucleus_table(image_id: str, image: np.ndarray, labels: np.ndarray) -> list[
              "mean_intensity": round(float(table["intensity_mean"][i]), 3)} for i in range(len(table["label"]))]
 
 
-def _write_csv(path: Path, rows: list[dict], header: list[str]) -> None:
-    import csv
-
-    from .io import atomic_path
-
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=header)
-        writer.writeheader()
-        writer.writerows(rows)
-
-
 def predict_folder(model, config, dataset, out: str | Path, progress: bool = True) -> dict:
     """Predict every image of ``dataset`` and write everything to ``out``.
 
@@ -264,7 +231,7 @@ def predict_folder(model, config, dataset, out: str | Path, progress: bool = Tru
     ``overlays/<id>.png``, ``input.gif``, ``output.gif`` and, for nuclei, ``nuclei.csv`` and
     Kaggle's ``submission.csv``. Returns the predicted label maps by id.
     """
-    from .io import save_png
+    from .io import save_png, write_csv
     from .rle import rle_encode_labels
     from .visuals import draw_classes, draw_instances, overlay_panel, write_gif
 
@@ -295,7 +262,7 @@ def predict_folder(model, config, dataset, out: str | Path, progress: bool = Tru
     write_gif(out / "input.gif", inputs)
     write_gif(out / "output.gif", outputs)
     if nuclei:
-        _write_csv(out / "nuclei.csv", table, ["image", "label", "area", "centroid_y", "centroid_x",
+        write_csv(out / "nuclei.csv", table, ["image", "label", "area", "centroid_y", "centroid_x",
                                                 "equivalent_diameter", "eccentricity", "mean_intensity"])
-        _write_csv(out / "submission.csv", submission, ["ImageId", "EncodedPixels"])
+        write_csv(out / "submission.csv", submission, ["ImageId", "EncodedPixels"])
     return predictions

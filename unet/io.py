@@ -106,3 +106,13 @@ def to_rgb(image: Image.Image | np.ndarray) -> np.ndarray:
 
 def read_rgb(path: str | Path) -> np.ndarray:
     return to_rgb(open_image(path))
+
+
+def write_csv(path: str | Path, rows: list[dict], header: list[str]) -> None:
+    """A CSV file with a header row, written atomically."""
+    import csv
+
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=header)
+        writer.writeheader()
+        writer.writerows(rows)
