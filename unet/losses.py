@@ -91,15 +91,16 @@ class ConfusionMetric(keras.metrics.Metric):
         else:
             predicted = ops.cast(ops.reshape(ops.argmax(y_pred, axis=-1), (-1,)), "int32")
         cell = ops.where(ops.not_equal(truth, self.ignore_label), truth * n + predicted, n * n)
-        counts = ops.bincount(cell, minlength=n * n + 1)[: n * n]
-        self.confusion.assign_add(ops.cast(ops.reshape(counts, (n, n)), "float32"))
+        # segment_sum with a static length: a histogram that compiles on every backend (JAX included)
+        counts = ops.segment_sum(ops.ones_like(cell, "float32"), cell, num_segments=n * n + 1)[: n * n]
+        self.confusion.assign_add(ops.reshape(counts, (n, n)))
 
     def result(self):
         return confusion_statistic((self.source or self).confusion, self.statistic, self.class_id)
 
     def reset_state(self):
         if self.source is None:
-            self.confusion.assign(ops.zeros_like(self.confusion))
+            self.confusion.assign(ops.zeros(self.confusion.shape, "float32"))
 
     def get_config(self):  # a view is saved as a stand-alone metric computing the same statistic
         return {"name": self.name, "num_classes": self.num_classes, "statistic": self.statistic,
