@@ -116,6 +116,14 @@ def run_starter(kind: str, num_classes: int, train_set, test_set, seconds: float
     return predictions, {"epochs": len(history.history["loss"]), "train_seconds": train_seconds}
 
 
+def image_group(image: np.ndarray) -> str:
+    """'colour', 'gray, dark background' (fluorescence) or 'gray, bright background' (brightfield)."""
+    image = np.asarray(image, np.float32)
+    if image.ndim == 3 and np.abs(np.diff(image, axis=2)).mean() > 1.0:
+        return "colour"
+    return "gray, bright background" if np.median(image) > 127 else "gray, dark background"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--train", required=True)
@@ -158,7 +166,10 @@ def main() -> None:
         else:
             predictions, info = run_starter(kind, dataset.num_classes, fit_set, test_set, seconds, args.seed)
         if kind == "dsb2018":
-            summary, _ = evaluate_nuclei(test_set.ids, test_set.instances, predictions)
+            summary, rows = evaluate_nuclei(test_set.ids, test_set.instances, predictions)
+            groups = [image_group(image) for image in test_set.images]
+            summary["map_by_group"] = {group: {"images": groups.count(group), "map": float(np.mean(
+                [row["map"] for row, g in zip(rows, groups) if g == group]))} for group in sorted(set(groups))}
         else:
             summary, _, _ = evaluate_classes(test_set.ids, test_set.masks, predictions, test_set.class_names)
             summary.pop("confusion")

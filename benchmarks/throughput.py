@@ -6,8 +6,9 @@
 Training: images/s at 256x256, batch 8, for
   * the project's pipeline: precision 'auto', tf.data random crops with augmentation and
     prefetch, a repeated dataset with steps_per_epoch, the project's loss and metrics;
-  * a naive baseline in the same run: the same model in float32, ``model.fit`` on NumPy
-    arrays (BCE, accuracy), the usual starter-notebook recipe.
+  * a naive baseline in the same run: the same architecture in float32 built from Keras's
+    stock layers (its unfused BatchNormalization), ``model.fit`` on NumPy arrays (BCE,
+    accuracy), the usual starter-notebook recipe.
 Throughput is wall-clock images over whole ``fit`` calls (epoch boundaries and the end of fit
 included), after one warm-up call. FLOPs: forward convolution FLOPs per image (x3 for a
 training step). Peak: a large 3x3 convolution in the same precision, timed in the same run.
@@ -73,7 +74,8 @@ def train_project(base: int, images, instances, steps: int, epochs: int) -> dict
     from unet.training import (boundary_target, make_train_dataset, precision_policy, prepare_arrays,
                                resolve_precision)
 
-    config = Config(image_size=256, batch_size=8, base_filters=base, steps_per_epoch=steps, epochs=epochs)
+    config = Config(image_size=256, batch_size=8, base_filters=base, steps_per_epoch=steps, epochs=epochs,
+                    color_mode="rgb")  # 3 input channels, as the baseline
     precision = resolve_precision("auto")
     targets = [boundary_target(i) for i in instances]
     with precision_policy(precision):
@@ -89,7 +91,7 @@ def train_project(base: int, images, instances, steps: int, epochs: int) -> dict
 
 
 def train_naive(base: int, images, instances, epochs: int) -> dict:
-    """float32, model.fit on NumPy arrays, BCE + accuracy."""
+    """float32, model.fit on NumPy arrays, BCE + accuracy, Keras's own layers (unfused batch norm)."""
     import keras
 
     from unet.model import build_unet
@@ -98,7 +100,7 @@ def train_naive(base: int, images, instances, epochs: int) -> dict:
     x = np.stack(images).astype(np.float32) / 255.0
     y = (np.stack(instances) > 0).astype(np.float32)[..., None]
     with precision_policy("float32"):
-        model = build_unet(3, 1, base, 4)
+        model = build_unet(3, 1, base, 4, fused_batch_norm=False)
         model.compile(keras.optimizers.Adam(1e-3), "binary_crossentropy", metrics=["accuracy"])
         model.fit(x[:24], y[:24], batch_size=8, epochs=1, verbose=0)  # warm-up: tracing
         start = time.perf_counter()

@@ -1,4 +1,5 @@
 import csv
+import json
 
 import keras
 import numpy as np
@@ -10,12 +11,12 @@ from conftest import disk
 from unet.cli import main as cli
 from unet.config import Config
 from unet.evaluation import class_scores, confusion_matrix, iou_matrix, nuclei_scores
-from unet.inference import nuclei_from_probabilities, predict_tiled
+from unet.inference import load_run_model, nuclei_from_probabilities, predict_image, predict_tiled
 from unet.losses import ConfusionMetric
 from unet.model import build_unet
 from unet.rle import read_rle_csv, rle_decode, rle_encode_labels
 from unet.synthetic import write_sample
-from unet.training import boundary_target, normalize, precision_policy
+from unet.training import boundary_target, input_channels, normalize, precision_policy
 
 
 @pytest.fixture(autouse=True)
@@ -167,10 +168,24 @@ def _fake_run(tmp_path, kind, channels, palette):
     run = tmp_path / f"run_{kind}"
     run.mkdir()
     keras.utils.set_random_seed(1)
-    build_unet(3, channels, base_filters=2, depth=2).save(run / "best.keras")
-    Config(kind=kind, head="boundary" if kind == "dsb2018" else "multiclass", num_classes=channels, tile_size=64,
-           extra={"palette": palette}).save(run / "config.json")
+    config = Config(kind=kind, head="boundary" if kind == "dsb2018" else "multiclass", num_classes=channels,
+                    tile_size=64, extra={"palette": palette})
+    build_unet(input_channels(config), channels, base_filters=2, depth=2).save(run / "best.keras")
+    config.save(run / "config.json")
     return run / "best.keras"
+
+
+def test_a_run_saved_before_color_mode_loads_with_rgb_input(tmp_path):
+    run = tmp_path / "old_run"
+    run.mkdir()
+    build_unet(3, 3, base_filters=2, depth=2).save(run / "best.keras")
+    values = Config(kind="dsb2018", head="boundary", num_classes=3).to_dict()
+    del values["color_mode"]
+    (run / "config.json").write_text(json.dumps(values))
+    model, config = load_run_model(run / "best.keras")
+    assert config.color_mode == "rgb"
+    probabilities, labels = predict_image(model, config, np.zeros((20, 24, 3), np.uint8))
+    assert probabilities.shape == (20, 24, 3) and labels.shape == (20, 24)
 
 
 @pytest.fixture(scope="module")

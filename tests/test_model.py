@@ -4,7 +4,7 @@ import pytest
 from keras import layers
 
 from unet.losses import ConfusionMetric, SegmentationLoss, SMOOTH
-from unet.model import build_unet, conv_block, decoder_block, encoder_block, forward_flops
+from unet.model import FusedBatchNormalization, build_unet, conv_block, decoder_block, encoder_block, forward_flops
 from unet.training import boundary_target
 
 
@@ -12,9 +12,42 @@ def test_conv_block_is_conv_bn_relu_twice():
     inputs = keras.Input((8, 8, 3))
     model = keras.Model(inputs, conv_block(inputs, 5))
     kinds = [type(layer).__name__ for layer in model.layers[1:]]
-    assert kinds == ["Conv2D", "BatchNormalization", "Activation"] * 2
+    assert kinds == ["Conv2D", "FusedBatchNormalization", "Activation"] * 2
+    assert all(isinstance(layer, layers.BatchNormalization) for layer in model.layers[2::3])
     convs = [layer for layer in model.layers if isinstance(layer, layers.Conv2D)]
     assert all(c.kernel_size == (3, 3) and c.padding == "same" and c.filters == 5 for c in convs)
+
+
+@pytest.mark.parametrize("precision", ["float32", "mixed_bfloat16"])
+def test_fused_batch_norm_matches_keras(precision):
+    """Same outputs, gradients and moving statistics as Keras's layer, in training and inference."""
+    import tensorflow as tf
+
+    from unet.training import precision_policy
+
+    x = np.random.default_rng(0).normal(3.0, 2.0, (4, 6, 5, 3)).astype(np.float32)
+    with precision_policy(precision):
+        fused, plain = FusedBatchNormalization(momentum=0.5), layers.BatchNormalization(momentum=0.5)
+        for layer in (fused, plain):
+            layer.build(x.shape)
+            layer.gamma.assign([0.5, 1.0, 2.0])
+            layer.beta.assign([0.1, -0.2, 0.3])
+        results = []
+        for layer in (fused, plain):
+            with tf.GradientTape() as tape:
+                tape.watch(layer.gamma.value)
+                inputs = tf.constant(x)
+                tape.watch(inputs)
+                out = layer(inputs, training=True)
+                loss = tf.reduce_sum(tf.cast(out, tf.float32) * np.linspace(-1, 1, out.shape[-1]))
+            grads = tape.gradient(loss, [inputs, layer.gamma.value])
+            results.append([np.asarray(tf.cast(t, tf.float32)) for t in [out, *grads]]
+                           + [layer.moving_mean.numpy(), layer.moving_variance.numpy(),
+                              np.asarray(tf.cast(layer(inputs, training=False), tf.float32))])
+    tolerance = 1e-4 if precision == "float32" else 3e-2
+    for got, want in zip(*results):
+        np.testing.assert_allclose(got, want, rtol=tolerance, atol=tolerance)
+    assert fused(x, training=True).dtype.name == keras.mixed_precision.Policy(precision).compute_dtype
 
 
 def test_encoder_block_pools_drops_and_keeps_the_skip():

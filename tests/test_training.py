@@ -10,7 +10,7 @@ import pytest
 from unet.config import Config
 from unet.data import decode_dataset
 from unet.synthetic import write_sample
-from unet.training import CropSampler, normalize, read_history, train
+from unet.training import CropSampler, input_channels, model_input, normalize, read_history, train
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +46,7 @@ def test_two_epochs_lower_the_loss_and_log_to_tensorboard(sample, tmp_path, kind
     for name in ("best.keras", "last.keras", "config.json", "history.csv", "training.gif"):
         assert (run.run_dir / name).is_file(), name
     saved = Config.load(run.run_dir / "config.json")
+    assert run.model.input_shape[-1] == input_channels(saved) == (1 if kind == "dsb2018" else 3)
     assert saved.image_size == 64 and saved.extra["precision_used"] in ("float32", "mixed_bfloat16")
 
     train_events, val_events = _event_tags(run.run_dir / "train"), _event_tags(run.run_dir / "validation")
@@ -97,6 +98,32 @@ def test_crops_keep_image_and_target_aligned():
             x, y = sampler.crop(index)
             assert x.shape == (32, 32, 3) and y.shape == (32, 32, 1)
             assert np.allclose(x[..., 0] * 2, y[..., 0])
+
+
+def _scene(background: int, objects: int) -> np.ndarray:
+    image = np.full((40, 50, 3), background, np.uint8)
+    image[10:20, 10:20] = objects
+    return image
+
+
+def test_gray_model_input_shows_bright_objects_on_dark():
+    fluorescence, brightfield = _scene(10, 200), _scene(220, 60)
+    brightfield[..., 2] = 250  # a stained (coloured) image
+    for image in (fluorescence, brightfield):
+        gray = model_input(image, "gray")
+        assert gray.shape == (40, 50, 1) and gray.dtype == np.uint8
+        assert gray[15, 15, 0] > gray[0, 0, 0] + 100  # the object is the bright part
+    assert model_input(fluorescence, "gray")[15, 15, 0] == 200  # not inverted: the channel mean
+    assert model_input(brightfield, "gray")[15, 15, 0] == 255 - round((60 + 60 + 250) / 3)
+    assert np.array_equal(model_input(brightfield, "rgb"), brightfield)
+    assert model_input(brightfield[..., 0], "rgb").shape == (40, 50, 3)
+
+
+def test_color_mode_auto_is_gray_for_nuclei_and_rgb_for_tissue():
+    assert input_channels(Config(kind="dsb2018")) == 1 and input_channels(Config(kind="tissue")) == 3
+    assert input_channels(Config(kind="tissue", color_mode="gray")) == 1
+    with pytest.raises(ValueError, match="color_mode"):
+        input_channels(Config(color_mode="hsv"))
 
 
 def test_normalize_uses_the_whole_image_range():

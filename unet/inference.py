@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from .training import hard_prediction, normalize
+from .training import hard_prediction, model_input, normalize, resolve_color_mode
 
 
 def model_stride(model) -> int:
@@ -174,7 +174,10 @@ def load_run_model(path: str | Path):
     config_path = path.parent / "config.json"
     if not config_path.is_file():
         raise FileNotFoundError(f"{config_path}: the run's config.json is needed beside the model")
-    return model, Config.load(config_path)
+    config = Config.load(config_path)
+    if model.input_shape[-1] != (1 if resolve_color_mode(config) == "gray" else 3):  # runs from before color_mode
+        config = config.replace(color_mode="gray" if model.input_shape[-1] == 1 else "rgb")
+    return model, config
 
 
 def predict_image(model, config, image: np.ndarray, progress: bool = False):
@@ -183,6 +186,7 @@ def predict_image(model, config, image: np.ndarray, progress: bool = False):
     Native resolution through the tiler; a model trained in 'resize' mode sees the image resized
     to its training size, and its probabilities are resized back.
     """
+    image = model_input(image, resolve_color_mode(config))
     if config.input_mode == "resize":  # trained on images resized to image_size: predict at that size
         from skimage.transform import resize
 

@@ -66,6 +66,38 @@ def make_targets(dataset: Dataset, head: str) -> list[np.ndarray]:
 # ----------------------------------------------------------------------------- normalization
 
 
+def resolve_color_mode(config: Config) -> str:
+    """'auto': one gray channel for nuclei (stains vary, shape is what matters), RGB for tissue."""
+    mode = config.color_mode
+    if mode == "auto":
+        mode = "gray" if config.kind == "dsb2018" else "rgb"
+    if mode not in ("rgb", "gray"):
+        raise ValueError(f"color_mode must be 'auto', 'rgb' or 'gray', not {config.color_mode!r}")
+    return mode
+
+
+def input_channels(config: Config) -> int:
+    return 1 if resolve_color_mode(config) == "gray" else 3
+
+
+def model_input(image: np.ndarray, color_mode: str) -> np.ndarray:
+    """The image as the model sees it (before normalization), H x W x channels.
+
+    'gray': the mean of the colour channels, inverted when the image's background (its
+    median) is brighter than the middle of its intensity range, so that brightfield and
+    stained (H&E) images show bright objects on a dark background like fluorescence.
+    """
+    image = np.asarray(image)
+    if color_mode == "rgb":
+        return image if image.ndim == 3 else np.repeat(image[..., None], 3, axis=2)
+    gray = image.mean(axis=2) if image.ndim == 3 else image.astype(np.float32)
+    low, high = intensity_range(gray)
+    if np.median(gray[::2, ::2]) > (low + high) / 2:
+        gray = float(np.iinfo(image.dtype).max if image.dtype.kind in "ui" else 1.0) - gray
+    dtype = image.dtype if image.dtype.kind in "ui" else np.float32
+    return np.clip(np.round(gray) if dtype != np.float32 else gray, 0, None).astype(dtype)[..., None]
+
+
 def intensity_range(image: np.ndarray) -> tuple[float, float]:
     """The 1st and 99.8th percentile of a whole image (all channels), as in CSBDeep."""
     sample = np.asarray(image)[::2, ::2] if image.size > 2**20 else np.asarray(image)
@@ -94,7 +126,10 @@ def _pad_to(array: np.ndarray, size: int) -> np.ndarray:
 
 
 def prepare_arrays(images, targets, config: Config):
-    """Per-image intensity ranges, and in 'resize' mode the resized images and targets."""
+    """Images as the model sees them (``model_input``), their intensity ranges, and in
+    'resize' mode the resized images and targets."""
+    color_mode = resolve_color_mode(config)
+    images = [model_input(image, color_mode) for image in images]
     ranges = [intensity_range(image) for image in images]
     if config.input_mode == "resize":
         from skimage.transform import resize
@@ -154,7 +189,7 @@ def photometric_augment(images, seed):
     seeds = tf.random.experimental.stateless_split(seed, 3)
     contrast = tf.random.stateless_uniform([n, 1, 1, 1], seeds[0], 0.75, 1.25)
     brightness = tf.random.stateless_uniform([n, 1, 1, 1], seeds[1], -0.1, 0.1)
-    gains = tf.random.stateless_uniform([n, 1, 1, 3], seeds[2], 0.9, 1.1)
+    gains = tf.random.stateless_uniform([n, 1, 1, tf.shape(images)[-1]], seeds[2], 0.9, 1.1)
     spread = tf.reduce_max(tf.abs(images - tf.reduce_mean(images, axis=-1, keepdims=True)), axis=[1, 2, 3],
                            keepdims=True)
     gains = tf.where(spread > 0.02, gains, tf.ones_like(gains))  # gray images stay gray
@@ -166,11 +201,11 @@ def make_train_dataset(images, targets, ranges, config: Config, global_batch: in
     """Repeated tf.data pipeline: crops -> batch -> photometric augmentation -> prefetch."""
     import tensorflow as tf
 
-    size = config.image_size
+    size, channels = config.image_size, np.asarray(images[0]).shape[-1]
     sampler = CropSampler(images, targets, ranges, size, config.seed, config.augment)
     dataset = tf.data.Dataset.from_generator(
         lambda: iter(sampler),
-        output_signature=(tf.TensorSpec((size, size, 3), tf.float32), tf.TensorSpec((size, size, 1), tf.uint8)))
+        output_signature=(tf.TensorSpec((size, size, channels), tf.float32), tf.TensorSpec((size, size, 1), tf.uint8)))
     dataset = dataset.batch(global_batch, drop_remainder=True)
     if config.augment:
         dataset = dataset.enumerate().map(
@@ -374,7 +409,7 @@ def _fit(config: Config, train_set: Dataset, val_set: Dataset, precision: str, v
     steps = default_steps(train_images, config, global_batch)
 
     with strategy.scope():
-        model = build_unet(3, channels, config.base_filters, config.depth, config.dropout)
+        model = build_unet(input_channels(config), channels, config.base_filters, config.depth, config.dropout)
         model.compile(optimizer=keras.optimizers.Adam(config.learning_rate),
                       loss=SegmentationLoss(channels, config.dice_weight, config.class_weights, config.ignore_label),
                       metrics=make_metrics(channels, class_names, config.ignore_label),
