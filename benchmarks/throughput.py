@@ -10,7 +10,8 @@ Training: images/s at 256x256, batch 8, for
     stock layers (its unfused BatchNormalization), ``model.fit`` on NumPy arrays (BCE,
     accuracy), the usual starter-notebook recipe.
 Throughput is wall-clock images over whole ``fit`` calls (epoch boundaries and the end of fit
-included), after one warm-up call. FLOPs: forward convolution FLOPs per image (x3 for a
+included), after one warm-up call. Each measurement runs in a fresh process, and the variants
+are repeated in turn (``--repeats``): the figure is the median, with the range beside it. FLOPs: forward convolution FLOPs per image (x3 for a
 training step). Peak: a large 3x3 convolution in the same precision, timed in the same run.
 Inference: the tiler on native DSB sizes. Data: synthetic images (speed does not depend on
 content).
@@ -125,56 +126,93 @@ def inference_speed(model, sizes, repeats: int = 2) -> list[dict]:
     return rows
 
 
+def worker(args) -> dict:
+    """One measurement in this (fresh) process: 'peak', 'project', 'naive' or 'inference'."""
+    from unet.model import build_unet, forward_flops
+    from unet.training import precision_policy, resolve_precision
+
+    if args.worker == "peak":
+        return {p: conv_peak_gflops(p) for p in dict.fromkeys(["float32", resolve_precision("auto")])}
+    if args.worker == "inference":
+        precision = resolve_precision("auto")
+        with precision_policy(precision):
+            model = build_unet(3, 3, 16, 4)
+        sizes = [(256, 256), (256, 320), (520, 696), (1024, 1024), (1040, 1388)]
+        return {"precision": precision, "forward_gflop_per_pixel": forward_flops(model, 256, 256) / 256**2 / 1e9,
+                "rows": inference_speed(model, sizes)}
+    base = args.filters[0]
+    images, instances = synthetic_arrays(args.images, 256)
+    if args.worker == "project":
+        run = train_project(base, images, instances, args.images // 8, args.epochs)
+        run["forward_gflop_per_image"] = forward_flops(run.pop("model"), 256, 256) / 1e9
+        return run
+    return train_naive(base, images, instances, args.epochs)
+
+
+def spawn(kind: str, args, base: int | None = None) -> dict:
+    """Run one measurement in a fresh Python process (no threads or memory left over from another)."""
+    import subprocess
+
+    command = [sys.executable, __file__, "--worker", kind, "--images", str(args.images), "--epochs", str(args.epochs)]
+    if base is not None:
+        command += ["--filters", str(base)]
+    done = subprocess.run(command, capture_output=True, text=True)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    if done.returncode or not lines:
+        raise RuntimeError(f"worker {kind} failed:\n{done.stderr[-3000:]}")
+    return json.loads(lines[-1][len("RESULT "):])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--filters", type=int, nargs="+", default=[16, 32])
     parser.add_argument("--images", type=int, default=96, help="training images (256x256) per epoch")
     parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved repeats of each training measurement")
     parser.add_argument("--skip-inference", action="store_true")
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--worker", choices=["peak", "project", "naive", "inference"], help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.worker:
+        print("RESULT " + json.dumps(worker(args), default=str))
+        return
 
-    import tensorflow as tf
-
-    from unet.model import forward_flops
-    from unet.training import environment, resolve_precision
+    from unet.training import environment
 
     env = environment()
-    device = tf.config.list_physical_devices("GPU")
-    print(f"machine: {os.cpu_count()} cores, GPUs: {[d.name for d in device] or 'none'}, TF {env['tensorflow']}, "
-          f"Keras {env['keras']}; data: synthetic 256x256 nuclei images")
-    precision = resolve_precision("auto")
-    peak = {p: conv_peak_gflops(p) for p in dict.fromkeys(["float32", precision])}
+    print(f"machine: {os.cpu_count()} cores, GPUs: {env['gpus'] or 'none'}, TF {env['tensorflow']}, "
+          f"Keras {env['keras']}; data: synthetic 256x256 nuclei images; every figure from a fresh process")
+    peak = spawn("peak", args)
     print("peak (large 3x3 conv): " + ", ".join(f"{p} {g:.0f} GFLOP/s" for p, g in peak.items()))
-
-    images, instances = synthetic_arrays(args.images, 256)
-    steps = args.images // 8
     results = {"environment": env, "peak_gflops": peak, "training": [], "inference": []}
-    print(f"\n{'base':>4} {'variant':<28} {'img/s':>7} {'GFLOP/img':>10} {'GFLOP/s':>8} {'of peak':>8} {'ratio':>6}")
-    model_for_inference = None
-    for base in args.filters:
-        project = train_project(base, images, instances, steps, args.epochs)
-        naive = train_naive(base, images, instances, args.epochs)
-        fwd = forward_flops(project["model"], 256, 256) / 1e9
-        for name, run in (("project (auto precision)", project), ("naive (float32, NumPy fit)", naive)):
-            achieved = 3 * fwd * run["images_per_s"]
-            ratio = run["images_per_s"] / naive["images_per_s"]
-            print(f"{base:>4} {name:<28} {run['images_per_s']:>7.2f} {fwd:>10.2f} {achieved:>8.0f} "
-                  f"{achieved / peak[run['precision']]:>8.0%} {ratio:>5.2f}x")
-            results["training"].append({"base_filters": base, "variant": name, "precision": run["precision"],
-                                        "images_per_s": run["images_per_s"], "forward_gflop_per_image": fwd,
-                                        "achieved_gflops": achieved, "fraction_of_peak": achieved / peak[run["precision"]],
-                                        "ratio_to_naive": ratio})
-        if base == 16:
-            model_for_inference = project["model"]
 
-    if not args.skip_inference and model_for_inference is not None:
-        print("\ninference through the tiler (base 16, tile 256, overlap 0.25, batch 8, "
-              f"{results['training'][0]['precision']}):")
-        sizes = [(256, 256), (256, 320), (520, 696), (1024, 1024), (1040, 1388)]
-        fwd_per_pixel = forward_flops(model_for_inference, 256, 256) / 256**2
-        for row in inference_speed(model_for_inference, sizes):
-            achieved = fwd_per_pixel * row["megapixels_per_s"] * 1e6 / 1e9
+    runs = {(base, variant): [] for base in args.filters for variant in ("project", "naive")}
+    for repeat in range(args.repeats):  # interleaved, so that slow spells of the machine hit both variants
+        for base, variant in runs:
+            runs[base, variant].append(spawn(variant, args, base))
+    print(f"\n{'base':>4} {'variant':<28} {'img/s median (min-max)':>24} {'GFLOP/img':>10} {'GFLOP/s':>8} "
+          f"{'of peak':>8} {'ratio':>6}")
+    for base in args.filters:
+        naive_speed = float(np.median([r["images_per_s"] for r in runs[base, "naive"]]))
+        fwd = runs[base, "project"][0]["forward_gflop_per_image"]
+        for variant, name in (("project", "project (auto precision)"), ("naive", "naive (float32, NumPy fit)")):
+            speeds = [r["images_per_s"] for r in runs[base, variant]]
+            speed, precision = float(np.median(speeds)), runs[base, variant][0]["precision"]
+            achieved = 3 * fwd * speed
+            spread = f"{speed:.2f} ({min(speeds):.2f}-{max(speeds):.2f})"
+            print(f"{base:>4} {name:<28} {spread:>24} {fwd:>10.2f} {achieved:>8.0f} "
+                  f"{achieved / peak[precision]:>8.0%} {speed / naive_speed:>5.2f}x")
+            results["training"].append({"base_filters": base, "variant": name, "precision": precision,
+                                        "images_per_s": speed, "images_per_s_runs": speeds,
+                                        "forward_gflop_per_image": fwd, "achieved_gflops": achieved,
+                                        "fraction_of_peak": achieved / peak[precision],
+                                        "ratio_to_naive": speed / naive_speed})
+
+    if not args.skip_inference:
+        inference = spawn("inference", args)
+        print(f"\ninference through the tiler (base 16, tile 256, overlap 0.25, batch 8, {inference['precision']}):")
+        for row in inference["rows"]:
+            achieved = inference["forward_gflop_per_pixel"] * row["megapixels_per_s"] * 1e6
             row["achieved_gflops"] = achieved
             print(f"  {row['size']:>10}: {row['seconds']:.3f} s/image, {row['megapixels_per_s']:.2f} MP/s, "
                   f"~{achieved:.0f} GFLOP/s (counting padded tiles: more)")

@@ -1,0 +1,36 @@
+"""The benchmark scripts still run (tiny settings; their figures are not checked here)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from unet.synthetic import write_sample
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _run(*args) -> str:
+    done = subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+def test_throughput_workers_report_images_per_second():
+    for variant in ("project", "naive"):
+        out = _run(BENCHMARKS / "throughput.py", "--worker", variant, "--filters", 2, "--images", 8, "--epochs", 1)
+        result = json.loads(out.split("RESULT ", 1)[1])
+        assert result["images_per_s"] > 0 and result["precision"] in ("float32", "mixed_bfloat16")
+    assert json.loads(out.split("RESULT ", 1)[1]).keys() >= {"seconds"}
+
+
+def test_accuracy_benchmark_scores_both_recipes(tmp_path):
+    write_sample(tmp_path / "data", seed=4, n_train=4, n_test=2, n_tissue=1)
+    report = tmp_path / "accuracy.json"
+    _run(BENCHMARKS / "accuracy.py", "--train", tmp_path / "data" / "dsb2018" / "stage1_train",
+         "--test", tmp_path / "data" / "dsb2018" / "stage1_test", "--minutes", 0.05, "--image-size", 64,
+         "--logs", tmp_path / "logs", "--json", report)
+    results = json.loads(report.read_text())
+    for recipe in ("project", "starter"):
+        assert 0 <= results[recipe]["map"] <= 1 and results[recipe]["images"] == 2
+    assert sum(group["images"] for group in results["project"]["map_by_group"].values()) == 2
