@@ -100,6 +100,20 @@ def test_crops_keep_image_and_target_aligned():
             assert np.allclose(x[..., 0] * 2, y[..., 0])
 
 
+def test_zoomed_crops_rescale_objects_and_stay_aligned():
+    target = np.kron(np.arange(48).reshape(6, 8) % 3, np.ones((10, 10), np.uint8)).astype(np.uint8)  # 10 px blocks
+    image = np.repeat((target * 100)[..., None], 3, axis=2).astype(np.uint8)
+    sampler = CropSampler([image], [target], [(0.0, 200.0)], size=32, seed=2, zoom=0.5)
+    block_sizes = set()
+    for _ in range(30):
+        x, y = sampler.crop(0)
+        assert x.shape == (32, 32, 3) and y.shape == (32, 32, 1) and y.dtype == np.uint8
+        assert np.mean(np.abs(x[..., 0] * 2 - y[..., 0]) < 0.5) > 0.8  # interpolated edges aside, aligned
+        runs = np.flatnonzero(np.diff(y[:, :, 0], axis=1).any(axis=0))
+        block_sizes.update(np.diff(runs).tolist())
+    assert min(block_sizes) < 9 and max(block_sizes) > 11  # objects shrunk and grown
+
+
 def _scene(background: int, objects: int) -> np.ndarray:
     image = np.full((40, 50, 3), background, np.uint8)
     image[10:20, 10:20] = objects

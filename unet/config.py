@@ -47,6 +47,7 @@ class Config:
     dice_weight: float = 1.0
     class_weights: list[float] | None = None
     augment: bool = True
+    zoom_augment: float = 0.25  # crops rescaled by a random factor in [1/(1+z), 1+z]; 0: none
     early_stopping_patience: int = 12
     reduce_lr_patience: int = 5
     precision: str = "auto"  # 'auto', 'float32', 'mixed_bfloat16' or 'mixed_float16'

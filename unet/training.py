@@ -151,21 +151,31 @@ class CropSampler:
     likely to be seen; each crop is normalized with its whole image's intensity range.
     """
 
-    def __init__(self, images, targets, ranges, size: int, seed: int, augment: bool = True):
+    def __init__(self, images, targets, ranges, size: int, seed: int, augment: bool = True, zoom: float = 0.0):
         self.images, self.targets, self.ranges = images, targets, ranges
-        self.size, self.augment = size, augment
+        self.size, self.augment, self.zoom = size, augment, zoom
         areas = np.array([im.shape[0] * im.shape[1] for im in images], np.float64)
         self.weights = areas / areas.sum()
         self.rng = np.random.default_rng(seed)
 
     def crop(self, index: int):
         image, target = self.images[index], self.targets[index]
-        if image.shape[0] < self.size or image.shape[1] < self.size:
-            image, target = _pad_to(np.asarray(image), self.size), _pad_to(np.asarray(target), self.size)
-        y = int(self.rng.integers(0, image.shape[0] - self.size + 1))
-        x = int(self.rng.integers(0, image.shape[1] - self.size + 1))
-        image = normalize(image[y:y + self.size, x:x + self.size], self.ranges[index])
-        target = np.asarray(target[y:y + self.size, x:x + self.size])
+        window = self.size
+        if self.augment and self.zoom > 0:  # a window of size/zoom resized to size: objects scaled by zoom
+            zoom = float(np.exp(self.rng.uniform(-np.log1p(self.zoom), np.log1p(self.zoom))))
+            window = max(8, int(round(self.size / zoom)))
+        if image.shape[0] < window or image.shape[1] < window:
+            image, target = _pad_to(np.asarray(image), window), _pad_to(np.asarray(target), window)
+        y = int(self.rng.integers(0, image.shape[0] - window + 1))
+        x = int(self.rng.integers(0, image.shape[1] - window + 1))
+        image = normalize(image[y:y + window, x:x + window], self.ranges[index])
+        target = np.asarray(target[y:y + window, x:x + window])
+        if window != self.size:
+            from skimage.transform import resize
+
+            image = resize(image, (self.size, self.size), order=1, anti_aliasing=window > self.size).astype(np.float32)
+            target = resize(target, (self.size, self.size), order=0, preserve_range=True,
+                            anti_aliasing=False).astype(target.dtype)
         if self.augment:
             k = int(self.rng.integers(4))
             image, target = np.rot90(image, k), np.rot90(target, k)
@@ -202,7 +212,7 @@ def make_train_dataset(images, targets, ranges, config: Config, global_batch: in
     import tensorflow as tf
 
     size, channels = config.image_size, np.asarray(images[0]).shape[-1]
-    sampler = CropSampler(images, targets, ranges, size, config.seed, config.augment)
+    sampler = CropSampler(images, targets, ranges, size, config.seed, config.augment, config.zoom_augment)
     dataset = tf.data.Dataset.from_generator(
         lambda: iter(sampler),
         output_signature=(tf.TensorSpec((size, size, channels), tf.float32), tf.TensorSpec((size, size, 1), tf.uint8)))
