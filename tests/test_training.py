@@ -10,7 +10,8 @@ import pytest
 from unet.config import Config
 from unet.data import decode_dataset
 from unet.synthetic import write_sample
-from unet.training import CropSampler, input_channels, model_input, normalize, read_history, train
+from unet.training import (CropSampler, input_channels, make_train_dataset, model_input, normalize, read_history,
+                           train)
 
 
 @pytest.fixture(scope="module")
@@ -112,6 +113,19 @@ def test_zoomed_crops_rescale_objects_and_stay_aligned():
         runs = np.flatnonzero(np.diff(y[:, :, 0], axis=1).any(axis=0))
         block_sizes.update(np.diff(runs).tolist())
     assert min(block_sizes) < 9 and max(block_sizes) > 11  # objects shrunk and grown
+
+
+def test_train_dataset_is_deterministic_and_not_autotuned():
+    # Autotuning is off: its optimisation thread made each fit() wait up to a minute at its end.
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 255, (40, 48, 3), dtype=np.uint8) for _ in range(3)]
+    targets = [rng.integers(0, 3, (40, 48), dtype=np.uint8) for _ in range(3)]
+    config = Config(image_size=32, batch_size=2)
+    first, second = (make_train_dataset(images, targets, [(0.0, 255.0)] * 3, config, 2) for _ in range(2))
+    assert first.options().autotune.enabled is False
+    for (x1, y1), (x2, y2) in zip(first.take(3), second.take(3)):
+        assert x1.shape == (2, 32, 32, 3) and y1.shape == (2, 32, 32, 1)
+        assert np.array_equal(x1.numpy(), x2.numpy()) and np.array_equal(y1.numpy(), y2.numpy())
 
 
 def _scene(background: int, objects: int) -> np.ndarray:
