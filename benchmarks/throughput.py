@@ -10,9 +10,11 @@ Training: images/s at 256x256, batch 8, for
     stock layers (its unfused BatchNormalization), ``model.fit`` on NumPy arrays (BCE,
     accuracy), the usual starter-notebook recipe.
 Throughput is wall-clock images over whole ``fit`` calls (epoch boundaries and the end of fit
-included), after one warm-up call. Each measurement runs in a fresh process, and the variants
-are repeated in turn (``--repeats``): the figure is the median, with the range beside it. FLOPs: forward convolution FLOPs per image (x3 for a
-training step). Peak: a large 3x3 convolution in the same precision, timed in the same run.
+included; the seconds ``fit`` spends after training ended, tearing down its input pipeline,
+are printed beside), after one warm-up call. Each measurement runs in a fresh process, and
+the variants are repeated in turn (``--repeats``): the figure is the median, with the range
+beside it. FLOPs: forward convolution FLOPs per image (x3 for a training step). Peak: a large
+3x3 convolution in the same precision, timed in the same run.
 Inference: the tiler on native DSB sizes. Data: synthetic images (speed does not depend on
 content).
 """
@@ -50,6 +52,17 @@ def conv_peak_gflops(precision: str, seconds: float = 4.0) -> float:
     return flops * count / (time.perf_counter() - start) / 1e9
 
 
+def end_of_training_clock():
+    """A callback that notes when training ended, to time what ``fit`` does after it (teardown)."""
+    import keras
+
+    class Clock(keras.callbacks.Callback):
+        def on_train_end(self, logs=None):
+            self.end = time.perf_counter()
+
+    return Clock()
+
+
 def synthetic_arrays(count: int, size: int, seed: int = 0):
     from unet.synthetic import nuclei_scene
 
@@ -85,10 +98,11 @@ def train_project(base: int, images, instances, steps: int, epochs: int) -> dict
         model = build_unet(3, 3, base, 4)
         model.compile(keras.optimizers.Adam(1e-3), SegmentationLoss(3), metrics=make_metrics(3, ["b", "i", "e"]))
         model.fit(data, epochs=1, steps_per_epoch=3, verbose=0)  # warm-up: tracing
-        start = time.perf_counter()
-        model.fit(data, epochs=epochs, steps_per_epoch=steps, verbose=0)
+        clock, start = end_of_training_clock(), time.perf_counter()
+        model.fit(data, epochs=epochs, steps_per_epoch=steps, verbose=0, callbacks=[clock])
         seconds = time.perf_counter() - start
-    return {"precision": precision, "images_per_s": epochs * steps * 8 / seconds, "seconds": seconds, "model": model}
+    return {"precision": precision, "images_per_s": epochs * steps * 8 / seconds, "seconds": seconds,
+            "teardown_seconds": time.perf_counter() - clock.end, "model": model}
 
 
 def train_naive(base: int, images, instances, epochs: int) -> dict:
@@ -104,10 +118,11 @@ def train_naive(base: int, images, instances, epochs: int) -> dict:
         model = build_unet(3, 1, base, 4, fused_batch_norm=False)
         model.compile(keras.optimizers.Adam(1e-3), "binary_crossentropy", metrics=["accuracy"])
         model.fit(x[:24], y[:24], batch_size=8, epochs=1, verbose=0)  # warm-up: tracing
-        start = time.perf_counter()
-        model.fit(x, y, batch_size=8, epochs=epochs, verbose=0)
+        clock, start = end_of_training_clock(), time.perf_counter()
+        model.fit(x, y, batch_size=8, epochs=epochs, verbose=0, callbacks=[clock])
         seconds = time.perf_counter() - start
-    return {"precision": "float32", "images_per_s": epochs * len(x) / seconds, "seconds": seconds}
+    return {"precision": "float32", "images_per_s": epochs * len(x) / seconds, "seconds": seconds,
+            "teardown_seconds": time.perf_counter() - clock.end}
 
 
 def inference_speed(model, sizes, repeats: int = 2) -> list[dict]:
@@ -191,7 +206,7 @@ def main() -> None:
         for base, variant in runs:
             runs[base, variant].append(spawn(variant, args, base))
     print(f"\n{'base':>4} {'variant':<28} {'img/s median (min-max)':>24} {'GFLOP/img':>10} {'GFLOP/s':>8} "
-          f"{'of peak':>8} {'ratio':>6}")
+          f"{'of peak':>8} {'ratio':>6} {'end-of-fit s':>12}")
     for base in args.filters:
         naive_speed = float(np.median([r["images_per_s"] for r in runs[base, "naive"]]))
         fwd = runs[base, "project"][0]["forward_gflop_per_image"]
@@ -201,12 +216,14 @@ def main() -> None:
             achieved = 3 * fwd * speed
             spread = f"{speed:.2f} ({min(speeds):.2f}-{max(speeds):.2f})"
             print(f"{base:>4} {name:<28} {spread:>24} {fwd:>10.2f} {achieved:>8.0f} "
-                  f"{achieved / peak[precision]:>8.0%} {speed / naive_speed:>5.2f}x")
+                  f"{achieved / peak[precision]:>8.0%} {speed / naive_speed:>5.2f}x "
+                  f"{np.median([r['teardown_seconds'] for r in runs[base, variant]]):>12.2f}")
             results["training"].append({"base_filters": base, "variant": name, "precision": precision,
                                         "images_per_s": speed, "images_per_s_runs": speeds,
                                         "forward_gflop_per_image": fwd, "achieved_gflops": achieved,
                                         "fraction_of_peak": achieved / peak[precision],
-                                        "ratio_to_naive": speed / naive_speed})
+                                        "ratio_to_naive": speed / naive_speed,
+                                        "end_of_fit_seconds": [r["teardown_seconds"] for r in runs[base, variant]]})
 
     if not args.skip_inference:
         inference = spawn("inference", args)
