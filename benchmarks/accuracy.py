@@ -160,6 +160,20 @@ def image_group(image: np.ndarray) -> str:
     return "gray, bright background" if np.median(image) > 127 else "gray, dark background"
 
 
+def config_changes(settings: list[str]) -> dict:
+    """{'key': value} from ['key=value', ...], each value converted to the type of its Config default."""
+    from unet.config import Config
+
+    defaults, changes = Config().to_dict(), {}
+    for setting in settings:
+        key, _, value = setting.partition("=")
+        if key not in defaults or not _:
+            raise SystemExit(f"--set {setting!r}: expected KEY=VALUE with KEY one of {sorted(defaults)}")
+        kind = type(defaults[key])
+        changes[key] = value.lower() in ("1", "true", "yes", "on") if kind is bool else kind(value)
+    return changes
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--train", required=True)
@@ -171,6 +185,8 @@ def main() -> None:
     parser.add_argument("--logs", default="logs/benchmarks")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--only", choices=["project", "starter"], help="run one recipe only")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="change a setting of the project's config (repeatable), e.g. contact_width=2")
     parser.add_argument("--starter-schedule", default="kaggle", choices=["kaggle", "budget"],
                         help="the starter's own schedule (50 epochs, patience 5) or the whole budget")
     args = parser.parse_args()
@@ -184,6 +200,7 @@ def main() -> None:
     config = Config(kind=kind, data_dir=args.train, stray=args.stray, seed=args.seed, epochs=10_000,
                     image_size=args.image_size, early_stopping_patience=15, logs_dir=args.logs,
                     run_name=f"accuracy-{kind}-{time.strftime('%Y%m%d-%H%M%S')}")
+    config = config.replace(**config_changes(args.set))
     dataset = load_from_config(config, progress=False)
     train_set, val_set = dataset.split(config.val_fraction, config.seed)
     if args.test:

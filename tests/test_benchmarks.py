@@ -29,9 +29,10 @@ def test_accuracy_benchmark_scores_both_recipes(tmp_path):
     report = tmp_path / "accuracy.json"
     _run(BENCHMARKS / "accuracy.py", "--train", tmp_path / "data" / "dsb2018" / "stage1_train",
          "--test", tmp_path / "data" / "dsb2018" / "stage1_test", "--minutes", 0.05, "--image-size", 64,
-         "--logs", tmp_path / "logs", "--json", report)
+         "--logs", tmp_path / "logs", "--json", report, "--set", "contact_width=1")
     results = json.loads(report.read_text())
     for recipe in ("project", "starter"):
         assert 0 <= results[recipe]["map"] <= 1 and results[recipe]["images"] == 2
     assert sum(group["images"] for group in results["project"]["map_by_group"].values()) == 2
     assert results["starter"]["schedule"] == "kaggle" and 1 <= results["starter"]["epochs"] <= 50
+    assert json.loads((Path(results["project"]["run"]) / "config.json").read_text())["contact_width"] == 1

@@ -165,3 +165,16 @@ def test_boundary_target_of_known_instances():
     assert np.array_equal(target[3, 1:8], [2, 1, 2, 2, 1, 1, 2])  # a ring around each nucleus
     assert target[1, 2] == 2 and target[2, 2] == 1 and target[2, 5] == 1
     assert (target == 1).sum() == 3 * 1 + 3 * 2
+
+
+def test_contact_width_widens_the_boundary_only_between_touching_nuclei():
+    instances = np.zeros((9, 16), np.uint16)
+    instances[1:6, 1:4] = 1  # 5x3 block
+    instances[1:6, 4:8] = 2  # touching 5x4 block
+    instances[2:8, 10:15] = 3  # an isolated 6x5 block
+    ring = boundary_target(instances)
+    wide = boundary_target(instances, contact_width=2)
+    assert np.array_equal(wide[3, 1:8], [2, 2, 2, 2, 2, 1, 2])  # two pixels on each side of the contact
+    assert np.array_equal(wide[:, 9:], ring[:, 9:])  # the isolated nucleus keeps its one-pixel ring
+    assert np.array_equal(wide > 0, instances > 0)  # the foreground is unchanged
+    assert np.array_equal(boundary_target(instances, contact_width=0), ring)

@@ -44,22 +44,34 @@ def resolve_head(config: Config, dataset: Dataset) -> tuple[str, int, list[str]]
     return "multiclass", len(classes), list(classes)
 
 
-def boundary_target(instances: np.ndarray) -> np.ndarray:
+def boundary_target(instances: np.ndarray, contact_width: int = 0) -> np.ndarray:
     """3-class target from an instance map: 0 background, 1 interior, 2 boundary.
 
     The boundary is each nucleus's own outermost pixel ring (inner boundary), so touching
-    nuclei are separated by two boundary pixels.
+    nuclei are separated by two boundary pixels. With ``contact_width`` w > 0, a nucleus's
+    pixels within w pixels (chessboard distance) of another nucleus are boundary too, which
+    widens the gap between the interiors of touching nuclei (the seeds that split them).
     """
+    from scipy import ndimage as ndi
     from skimage.segmentation import find_boundaries
 
-    target = (instances > 0).astype(np.uint8)
-    target[find_boundaries(instances, mode="inner") & (instances > 0)] = 2
+    instances = np.asarray(instances)
+    inside = instances > 0
+    target = inside.astype(np.uint8)
+    boundary = find_boundaries(instances, mode="inner") & inside
+    if contact_width > 0 and inside.any():
+        window = 2 * contact_width + 1
+        labels = instances.astype(np.int64)
+        highest = ndi.maximum_filter(labels, size=window, mode="nearest")
+        lowest = ndi.minimum_filter(np.where(inside, labels, labels.max() + 1), size=window, mode="nearest")
+        boundary |= inside & ((highest != labels) | (lowest != labels))
+    target[boundary] = 2
     return target
 
 
-def make_targets(dataset: Dataset, head: str) -> list[np.ndarray]:
+def make_targets(dataset: Dataset, config: Config, head: str) -> list[np.ndarray]:
     if head == "boundary":
-        return [boundary_target(np.asarray(inst)) for inst in dataset.instances]
+        return [boundary_target(np.asarray(inst), config.contact_width) for inst in dataset.instances]
     return [np.asarray(mask) for mask in dataset.masks]
 
 
@@ -424,8 +436,8 @@ def _fit(config: Config, train_set: Dataset, val_set: Dataset, precision: str, v
     config = config.replace(head=head, num_classes=channels, run_name=run_dir.name, extra=extra)
     config.save(run_dir / "config.json")
 
-    train_images, train_targets, train_ranges = prepare_arrays(train_set.images, make_targets(train_set, head), config)
-    val_images, val_targets, val_ranges = prepare_arrays(val_set.images, make_targets(val_set, head), config)
+    train_images, train_targets, train_ranges = prepare_arrays(train_set.images, make_targets(train_set, config, head), config)
+    val_images, val_targets, val_ranges = prepare_arrays(val_set.images, make_targets(val_set, config, head), config)
     data = make_train_dataset(train_images, train_targets, train_ranges, config, global_batch)
     val_x, val_y = validation_tiles(val_images, val_targets, val_ranges, config.image_size)
     validation = without_autotune(tf.data.Dataset.from_tensor_slices((val_x, val_y)).batch(global_batch).cache().prefetch(2))
