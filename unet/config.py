@@ -32,7 +32,7 @@ class Config:
 
     # model
     head: str = "auto"  # 'auto', 'binary', 'boundary' (nuclei 3-class) or 'multiclass'
-    contact_width: int = 2  # nuclei target: pixels this close to another nucleus are boundary; 0: ring only
+    contact_width: int = 3  # nuclei target: pixels this close to another nucleus are boundary; 0: ring only
     num_classes: int = 0  # set from the data when 0
     base_filters: int = 16
     depth: int = 4
