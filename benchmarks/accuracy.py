@@ -161,16 +161,15 @@ def image_group(image: np.ndarray) -> str:
 
 
 def config_changes(settings: list[str]) -> dict:
-    """{'key': value} from ['key=value', ...], each value converted to the type of its Config default."""
+    """{'key': value} from ['key=value', ...], each value parsed as the command line's --key would be."""
     from unet.config import Config
 
-    defaults, changes = Config().to_dict(), {}
+    keys, changes = Config().to_dict().keys(), {}
     for setting in settings:
-        key, _, value = setting.partition("=")
-        if key not in defaults or not _:
-            raise SystemExit(f"--set {setting!r}: expected KEY=VALUE with KEY one of {sorted(defaults)}")
-        kind = type(defaults[key])
-        changes[key] = value.lower() in ("1", "true", "yes", "on") if kind is bool else kind(value)
+        key, equals, value = setting.partition("=")
+        if key not in keys or not equals:
+            raise SystemExit(f"--set {setting!r}: expected KEY=VALUE with KEY one of {sorted(keys)}")
+        changes[key] = Config.field_parser(key)(value)
     return changes
 
 

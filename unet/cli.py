@@ -46,15 +46,13 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
         if item.name in ("extra",):
             continue
         flag = "--" + item.name.replace("_", "-")
-        default = getattr(Config(), item.name)
+        default, parse = getattr(Config(), item.name), Config.field_parser(item.name)
         if isinstance(default, bool):
-            parser.add_argument(flag, type=lambda v: v.lower() in ("1", "true", "yes", "on"), default=None,
-                                metavar="BOOL", help=f"(default {default})")
+            parser.add_argument(flag, type=parse, default=None, metavar="BOOL", help=f"(default {default})")
         elif item.name == "class_weights":
-            parser.add_argument(flag, type=lambda v: [float(w) for w in v.split(",")], default=None,
-                                metavar="W0,W1,...", help="per-class loss weights")
+            parser.add_argument(flag, type=parse, default=None, metavar="W0,W1,...", help="per-class loss weights")
         else:
-            parser.add_argument(flag, type=type(default), default=None, help=f"(default {default!r})")
+            parser.add_argument(flag, type=parse, default=None, help=f"(default {default!r})")
 
 
 def _config_from_args(args):

@@ -88,3 +88,13 @@ class Config:
 
     def replace(self, **changes) -> "Config":
         return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def field_parser(cls, name: str):
+        """The function that turns command-line text into a value of the field ``name``."""
+        default = getattr(cls(), name)
+        if isinstance(default, bool):
+            return lambda text: text.lower() in ("1", "true", "yes", "on")
+        if name == "class_weights":
+            return lambda text: [float(w) for w in text.split(",")]
+        return type(default)

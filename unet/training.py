@@ -69,9 +69,10 @@ def boundary_target(instances: np.ndarray, contact_width: int = 0) -> np.ndarray
     return target
 
 
-def make_targets(dataset: Dataset, config: Config, head: str) -> list[np.ndarray]:
-    if head == "boundary":
-        return [boundary_target(np.asarray(inst), config.contact_width) for inst in dataset.instances]
+def make_targets(dataset: Dataset, config: Config) -> list[np.ndarray]:
+    """The training targets for ``config.head`` (already resolved from 'auto')."""
+    if config.head == "boundary":
+        return [boundary_target(inst, config.contact_width) for inst in dataset.instances]
     return [np.asarray(mask) for mask in dataset.masks]
 
 
@@ -436,8 +437,8 @@ def _fit(config: Config, train_set: Dataset, val_set: Dataset, precision: str, v
     config = config.replace(head=head, num_classes=channels, run_name=run_dir.name, extra=extra)
     config.save(run_dir / "config.json")
 
-    train_images, train_targets, train_ranges = prepare_arrays(train_set.images, make_targets(train_set, config, head), config)
-    val_images, val_targets, val_ranges = prepare_arrays(val_set.images, make_targets(val_set, config, head), config)
+    train_images, train_targets, train_ranges = prepare_arrays(train_set.images, make_targets(train_set, config), config)
+    val_images, val_targets, val_ranges = prepare_arrays(val_set.images, make_targets(val_set, config), config)
     data = make_train_dataset(train_images, train_targets, train_ranges, config, global_batch)
     val_x, val_y = validation_tiles(val_images, val_targets, val_ranges, config.image_size)
     validation = without_autotune(tf.data.Dataset.from_tensor_slices((val_x, val_y)).batch(global_batch).cache().prefetch(2))
