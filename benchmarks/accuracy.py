@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/accuracy.py --train ../shared/data/dsb2018_sample/stage1_train \\
         --test ../shared/data/dsb2018_sample/stage1_test --minutes 15
     .venv/bin/python benchmarks/accuracy.py --train ../shared/data/tissue_sample --minutes 6 --image-size 128
+    .venv/bin/python benchmarks/accuracy.py --train ... --test ... --evaluate logs/benchmarks/RUN/best.keras --set tta=true
 
 Project: the default configuration (native-resolution crops, 3-class nuclei head with watershed,
 or softmax over the tissue classes; tiled prediction at native resolution), trained until the
@@ -16,6 +17,8 @@ with patience 5, best validation epoch kept); or 'budget', the project's whole b
 best validation epoch kept, a stronger baseline than the original. Same precision policy.
 Nuclei are scored with the DSB2018 metric on the test folder; tissue with mean and per-class IoU
 on the test folder, or on the deterministic 80:20 validation split when there is none.
+``--evaluate MODEL`` skips training and scores a saved project model with its run's config
+(``--set`` then changes inference settings such as ``tta`` or ``min_nucleus_area``).
 """
 
 from __future__ import annotations
@@ -73,6 +76,14 @@ def run_project(config, train_set, val_set, test_set, seconds: float) -> tuple[l
     run = train(config, train_set, val_set, verbose=2, extra_callbacks=[time_budget(seconds)])
     predictions = [predict_image(run.model, run.config, np.asarray(image))[1] for image in test_set.images]
     return predictions, {"epochs": len(run.history["loss"]), "train_seconds": run.seconds, "run": str(run.run_dir)}
+
+
+def score_saved(model, config, test_set) -> tuple[list, dict]:
+    """Predictions of a saved project model on ``test_set`` (no training)."""
+    from unet.inference import predict_image
+
+    predictions = [predict_image(model, config, np.asarray(image))[1] for image in test_set.images]
+    return predictions, {"epochs": 0, "train_seconds": 0.0, "run": config.run_name, "tta": config.tta}
 
 
 def starter_unet(channels: int, num_classes: int):
@@ -184,6 +195,8 @@ def main() -> None:
     parser.add_argument("--logs", default="logs/benchmarks")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--only", choices=["project", "starter"], help="run one recipe only")
+    parser.add_argument("--evaluate", type=Path, metavar="MODEL",
+                        help="no training: score this saved project model (a run's best.keras) with its config")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="change a setting of the project's config (repeatable), e.g. contact_width=2")
     parser.add_argument("--starter-schedule", default="kaggle", choices=["kaggle", "budget"],
@@ -193,12 +206,20 @@ def main() -> None:
     from unet.config import Config
     from unet.data import detect_layout, load_from_config
     from unet.evaluation import evaluate_classes, evaluate_nuclei
+    from unet.inference import load_run_model
     from unet.training import environment
 
     kind = detect_layout(args.train)
-    config = Config(kind=kind, data_dir=args.train, stray=args.stray, seed=args.seed, epochs=10_000,
-                    image_size=args.image_size, early_stopping_patience=15, logs_dir=args.logs,
-                    run_name=f"accuracy-{kind}-{time.strftime('%Y%m%d-%H%M%S')}")
+    if args.evaluate:  # the saved run's settings (its seed and split included)
+        saved_model, config = load_run_model(args.evaluate)
+        if config.kind != kind:
+            raise SystemExit(f"--evaluate {args.evaluate}: a {config.kind} model, but {args.train} holds {kind} data")
+        config = config.replace(data_dir=args.train, stray=args.stray)
+        args.only = "project"
+    else:
+        config = Config(kind=kind, data_dir=args.train, stray=args.stray, seed=args.seed, epochs=10_000,
+                        image_size=args.image_size, early_stopping_patience=15, logs_dir=args.logs,
+                        run_name=f"accuracy-{kind}-{time.strftime('%Y%m%d-%H%M%S')}")
     config = config.replace(**config_changes(args.set))
     dataset = load_from_config(config, progress=False)
     train_set, val_set = dataset.split(config.val_fraction, config.seed)
@@ -215,7 +236,9 @@ def main() -> None:
                "budget_minutes": args.minutes, "kind": kind, "train": args.train, "test": args.test or "validation"}
     for name in [args.only] if args.only else ["project", "starter"]:
         start = time.perf_counter()
-        if name == "project":
+        if name == "project" and args.evaluate:
+            predictions, info = score_saved(saved_model, config, test_set)
+        elif name == "project":
             predictions, info = run_project(config, train_set, val_set, test_set, seconds)
         else:
             predictions, info = run_starter(kind, dataset.num_classes, fit_set, test_set, seconds, args.seed,

@@ -36,3 +36,13 @@ def test_accuracy_benchmark_scores_both_recipes(tmp_path):
     assert sum(group["images"] for group in results["project"]["map_by_group"].values()) == 2
     assert results["starter"]["schedule"] == "kaggle" and 1 <= results["starter"]["epochs"] <= 50
     assert json.loads((Path(results["project"]["run"]) / "config.json").read_text())["contact_width"] == 1
+
+    # --evaluate scores the saved model again without training: the same predictions, the same score
+    again = tmp_path / "again.json"
+    _run(BENCHMARKS / "accuracy.py", "--train", tmp_path / "data" / "dsb2018" / "stage1_train",
+         "--test", tmp_path / "data" / "dsb2018" / "stage1_test", "--json", again,
+         "--evaluate", Path(results["project"]["run"]) / "best.keras")
+    rescored = json.loads(again.read_text())
+    assert "starter" not in rescored and rescored["project"]["epochs"] == 0
+    assert rescored["project"]["map"] == results["project"]["map"]
+    assert rescored["project"]["predicted_nuclei"] == results["project"]["predicted_nuclei"]

@@ -251,6 +251,14 @@ def test_predict_and_evaluate_tissue_through_the_command_line(tiny_sample, tmp_p
     assert 0 <= metrics["mean_iou"] <= 1 and np.array(metrics["confusion"]).sum() == 2 * 512 * 512
 
 
+def test_predict_tta_follows_the_run_config_unless_asked():
+    from unet.cli import build_parser
+
+    parse, base = build_parser().parse_args, ["predict", "--model", "m.keras", "--images", "i", "--out", "o"]
+    assert parse(base).tta is None  # None: the run's config.json decides
+    assert parse(base + ["--tta"]).tta is True and parse(base + ["--no-tta"]).tta is False
+
+
 def test_evaluate_names_missing_predictions(tiny_sample, tmp_path, capsys):
     (tmp_path / "pred" / "masks").mkdir(parents=True)
     code = cli(["evaluate", "--pred", str(tmp_path / "pred"), "--truth", str(tiny_sample / "tissue"),

@@ -89,7 +89,7 @@ def _predict(args) -> int:
     changes = {k: v for k, v in (("tile_size", args.tile_size), ("tile_overlap", args.tile_overlap),
                                  ("batch_size", args.batch_size), ("min_nucleus_area", args.min_area),
                                  ("npy_dir", args.npy_dir)) if v is not None}
-    config = config.replace(tta=args.tta or config.tta, **changes)
+    config = config.replace(tta=config.tta if args.tta is None else args.tta, **changes)
     dataset = load_folder(args.images, config)
     predict_folder(model, config, dataset, args.out, progress=not args.quiet)
     written = "masks/, overlays/, input.gif, output.gif" + (", nuclei.csv, submission.csv"
@@ -192,7 +192,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--tile-overlap", type=float)
     predict.add_argument("--batch-size", type=int)
     predict.add_argument("--min-area", type=int, help="smallest nucleus kept, in pixels")
-    predict.add_argument("--tta", action="store_true", help="average over flips and 90-degree rotations")
+    predict.add_argument("--tta", action=argparse.BooleanOptionalAction,
+                         help="average over the 8 flips and 90-degree rotations (default: the run's config)")
     predict.add_argument("--npy-dir", type=Path)
     predict.add_argument("--quiet", action="store_true")
     predict.set_defaults(run=_predict)

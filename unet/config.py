@@ -58,7 +58,7 @@ class Config:
     # inference
     tile_size: int = 256
     tile_overlap: float = 0.25
-    tta: bool = False
+    tta: bool = True  # average the 8 flips and 90-degree rotations at prediction (8x the inference time)
     min_nucleus_area: int = 12
 
     # bookkeeping
