@@ -69,21 +69,25 @@ def keep_best_weights():
     return KeepBest()
 
 
-def run_project(config, train_set, val_set, test_set, seconds: float) -> tuple[list, dict]:
+def predict_labels(model, config, test_set) -> list:
+    """The project's label maps (nuclei instances or tissue classes) for every test image."""
     from unet.inference import predict_image
+
+    return [predict_image(model, config, np.asarray(image))[1] for image in test_set.images]
+
+
+def run_project(config, train_set, val_set, test_set, seconds: float) -> tuple[list, dict]:
     from unet.training import train
 
     run = train(config, train_set, val_set, verbose=2, extra_callbacks=[time_budget(seconds)])
-    predictions = [predict_image(run.model, run.config, np.asarray(image))[1] for image in test_set.images]
-    return predictions, {"epochs": len(run.history["loss"]), "train_seconds": run.seconds, "run": str(run.run_dir)}
+    return predict_labels(run.model, run.config, test_set), {
+        "epochs": len(run.history["loss"]), "train_seconds": run.seconds, "run": str(run.run_dir)}
 
 
 def score_saved(model, config, test_set) -> tuple[list, dict]:
     """Predictions of a saved project model on ``test_set`` (no training)."""
-    from unet.inference import predict_image
-
-    predictions = [predict_image(model, config, np.asarray(image))[1] for image in test_set.images]
-    return predictions, {"epochs": 0, "train_seconds": 0.0, "run": config.run_name, "tta": config.tta}
+    return predict_labels(model, config, test_set), {
+        "epochs": 0, "train_seconds": 0.0, "run": config.run_name, "tta": config.tta}
 
 
 def starter_unet(channels: int, num_classes: int):

@@ -46,13 +46,11 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
         if item.name in ("extra",):
             continue
         flag = "--" + item.name.replace("_", "-")
-        default, parse = getattr(Config(), item.name), Config.field_parser(item.name)
-        if isinstance(default, bool):
-            parser.add_argument(flag, type=parse, default=None, metavar="BOOL", help=f"(default {default})")
-        elif item.name == "class_weights":
-            parser.add_argument(flag, type=parse, default=None, metavar="W0,W1,...", help="per-class loss weights")
-        else:
-            parser.add_argument(flag, type=parse, default=None, help=f"(default {default!r})")
+        default = getattr(Config(), item.name)
+        weights = item.name == "class_weights"
+        parser.add_argument(flag, type=Config.field_parser(item.name), default=None,
+                            metavar="W0,W1,..." if weights else "BOOL" if isinstance(default, bool) else None,
+                            help="per-class loss weights" if weights else f"(default {default!r})")
 
 
 def _config_from_args(args):
