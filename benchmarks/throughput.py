@@ -126,7 +126,10 @@ def train_naive(base: int, images, instances, epochs: int) -> dict:
 
 
 def inference_speed(model, sizes, repeats: int = 2) -> list[dict]:
-    from unet.inference import predict_tiled
+    """Seconds per image through the tiler (tile 256, overlap 0.25, batch 8) and the FLOPs it
+    runs: every tile's forward pass, the overlaps and the padding included."""
+    from unet.inference import model_stride, predict_tiled, tile_layout
+    from unet.model import forward_flops
 
     rows = []
     rng = np.random.default_rng(0)
@@ -137,7 +140,11 @@ def inference_speed(model, sizes, repeats: int = 2) -> list[dict]:
         for _ in range(repeats):
             predict_tiled(model, image, tile_size=256, overlap=0.25, batch_size=8)
         seconds = (time.perf_counter() - start) / repeats
-        rows.append({"size": f"{height}x{width}", "seconds": seconds, "megapixels_per_s": height * width / seconds / 1e6})
+        layout = tile_layout(height, width, 256, 0.25, model_stride(model))
+        executed = len(layout["starts"]) * forward_flops(model, *layout["tile"]) / 1e9
+        rows.append({"size": f"{height}x{width}", "seconds": seconds, "images_per_s": 1 / seconds,
+                     "megapixels_per_s": height * width / seconds / 1e6, "tiles": len(layout["starts"]),
+                     "executed_gflop_per_image": executed, "executed_gflops": executed / seconds})
     return rows
 
 
@@ -153,8 +160,7 @@ def worker(args) -> dict:
         with precision_policy(precision):
             model = build_unet(3, 3, 16, 4)
         sizes = [(256, 256), (256, 320), (520, 696), (1024, 1024), (1040, 1388)]
-        return {"precision": precision, "forward_gflop_per_pixel": forward_flops(model, 256, 256) / 256**2 / 1e9,
-                "rows": inference_speed(model, sizes)}
+        return {"precision": precision, "rows": inference_speed(model, sizes)}
     base = args.filters[0]
     images, instances = synthetic_arrays(args.images, 256)
     if args.worker == "project":
@@ -189,6 +195,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=96, help="training images (256x256) per epoch")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=3, help="interleaved repeats of each training measurement")
+    parser.add_argument("--skip-training", action="store_true")
     parser.add_argument("--skip-inference", action="store_true")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--worker", choices=["peak", "project", "naive", "inference"], help=argparse.SUPPRESS)
@@ -206,13 +213,15 @@ def main() -> None:
     print("peak (large 3x3 conv): " + ", ".join(f"{p} {g:.0f} GFLOP/s" for p, g in peak.items()))
     results = {"environment": env, "peak_gflops": peak, "training": [], "inference": []}
 
-    runs = {(base, variant): [] for base in args.filters for variant in ("project", "naive")}
+    runs = {(base, variant): [] for base in ([] if args.skip_training else args.filters)
+            for variant in ("project", "naive")}
     for repeat in range(args.repeats):  # interleaved, so that slow spells of the machine hit both variants
         for base, variant in runs:
             runs[base, variant].append(spawn(variant, args, base))
-    print(f"\n{'base':>4} {'variant':<28} {'img/s median (min-max)':>24} {'GFLOP/img':>10} {'GFLOP/s':>8} "
-          f"{'of peak':>8} {'ratio':>6} {'end-of-fit s':>12} {'ratio w/o that':>15}")
-    for base in args.filters:
+    if runs:
+        print(f"\n{'base':>4} {'variant':<28} {'img/s median (min-max)':>24} {'GFLOP/img':>10} {'GFLOP/s':>8} "
+              f"{'of peak':>8} {'ratio':>6} {'end-of-fit s':>12} {'ratio w/o that':>15}")
+    for base in sorted({base for base, _ in runs}):
         naive_speed = float(np.median([r["images_per_s"] for r in runs[base, "naive"]]))
         fwd = runs[base, "project"][0]["forward_gflop_per_image"]
         for variant, name in (("project", "project (auto precision)"), ("naive", "naive (float32, NumPy fit)")):
@@ -234,11 +243,14 @@ def main() -> None:
     if not args.skip_inference:
         inference = spawn("inference", args)
         print(f"\ninference through the tiler (base 16, tile 256, overlap 0.25, batch 8, {inference['precision']}):")
+        peak_gflops = peak[inference["precision"]]
+        print(f"  {'size':>10} {'tiles':>5} {'s/image':>8} {'img/s':>6} {'MP/s':>6} {'GFLOP/img':>9} "
+              f"{'GFLOP/s':>8} {'of peak':>7}   (GFLOP: every tile's forward pass, overlap and padding included)")
         for row in inference["rows"]:
-            achieved = inference["forward_gflop_per_pixel"] * row["megapixels_per_s"] * 1e6
-            row["achieved_gflops"] = achieved
-            print(f"  {row['size']:>10}: {row['seconds']:.3f} s/image, {row['megapixels_per_s']:.2f} MP/s, "
-                  f"~{achieved:.0f} GFLOP/s (counting padded tiles: more)")
+            row["fraction_of_peak"] = row["executed_gflops"] / peak_gflops
+            print(f"  {row['size']:>10} {row['tiles']:>5} {row['seconds']:>8.3f} {row['images_per_s']:>6.2f} "
+                  f"{row['megapixels_per_s']:>6.2f} {row['executed_gflop_per_image']:>9.1f} "
+                  f"{row['executed_gflops']:>8.0f} {row['fraction_of_peak']:>7.0%}")
             results["inference"].append(row)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2, default=str))

@@ -11,7 +11,7 @@ from conftest import disk
 from unet.cli import main as cli
 from unet.config import Config
 from unet.evaluation import class_scores, confusion_matrix, iou_matrix, nuclei_scores
-from unet.inference import load_run_model, nuclei_from_probabilities, predict_image, predict_tiled
+from unet.inference import load_run_model, nuclei_from_probabilities, predict_image, predict_tiled, tile_layout
 from unet.losses import ConfusionMetric
 from unet.model import build_unet
 from unet.rle import read_rle_csv, rle_decode, rle_encode_labels
@@ -44,6 +44,21 @@ def test_tiled_is_close_to_untiled_for_a_default_depth_unet():
     whole = predict_tiled(model, image, tile_size=256)
     tiled = predict_tiled(model, image, tile_size=64, overlap=0.5)
     assert np.abs(tiled - whole).mean() < 0.02
+
+
+@pytest.mark.parametrize("height, width, expected_tiles", [(520, 696, 12), (256, 256, 1), (40, 1000, 5)])
+def test_tile_layout_covers_the_padded_image(height, width, expected_tiles):
+    layout = tile_layout(height, width, tile_size=256, overlap=0.25, stride=16)
+    padded_h, padded_w = layout["padded"]
+    assert padded_h % 16 == padded_w % 16 == 0 and 0 <= padded_h - height < 16 and 0 <= padded_w - width < 16
+    tile_h, tile_w = layout["tile"]
+    covered = np.zeros((padded_h, padded_w), bool)
+    for y, x in layout["starts"]:
+        assert 0 <= y <= padded_h - tile_h and 0 <= x <= padded_w - tile_w
+        covered[y:y + tile_h, x:x + tile_w] = True
+    assert covered.all() and len(layout["starts"]) == expected_tiles
+    with pytest.raises(ValueError, match="multiple of the model stride"):
+        tile_layout(height, width, tile_size=250, overlap=0.25, stride=16)
 
 
 @pytest.mark.parametrize("tta", [False, True])

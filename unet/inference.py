@@ -66,6 +66,20 @@ def predict_batch(model, batch: np.ndarray, tta: bool = False) -> np.ndarray:
     return total / len(transforms)
 
 
+def tile_layout(height: int, width: int, tile_size: int, overlap: float, stride: int = 1) -> dict:
+    """Where ``predict_tiled`` cuts an image: the padded size, the tile size, the tiles' top-left
+    corners and the blending margin and ramp (pixels)."""
+    if tile_size % stride:
+        raise ValueError(f"tile_size {tile_size} is not a multiple of the model stride {stride}")
+    padded_h, padded_w = (math.ceil(s / stride) * stride for s in (height, width))
+    tile_h, tile_w = min(tile_size, padded_h), min(tile_size, padded_w)
+    overlap_px = int(round(overlap * tile_size))
+    step = max(stride, (tile_size - overlap_px) // stride * stride)
+    starts = [(y, x) for y in _tile_starts(padded_h, tile_h, step) for x in _tile_starts(padded_w, tile_w, step)]
+    return {"padded": (padded_h, padded_w), "tile": (tile_h, tile_w), "starts": starts,
+            "margin": overlap_px // 4, "ramp": overlap_px // 2}
+
+
 def predict_tiled(model, image: np.ndarray, tile_size: int = 256, overlap: float = 0.25, batch_size: int = 4,
                   tta: bool = False, normalize_input: bool = True, progress: bool = False) -> np.ndarray:
     """Probabilities (H, W, C) for an image of any size.
@@ -79,17 +93,11 @@ def predict_tiled(model, image: np.ndarray, tile_size: int = 256, overlap: float
     if x.ndim == 2:
         x = x[..., None]
     height, width = x.shape[:2]
-    stride = model_stride(model)
-    padded_h, padded_w = (math.ceil(s / stride) * stride for s in (height, width))
+    layout = tile_layout(height, width, tile_size, overlap, model_stride(model))
+    (padded_h, padded_w), (tile_h, tile_w), starts = layout["padded"], layout["tile"], layout["starts"]
+    margin, ramp = layout["margin"], layout["ramp"]
     x = np.pad(x, ((0, padded_h - height), (0, padded_w - width), (0, 0)), mode="reflect" if min(height, width) > 1
                else "edge")
-    tile_h, tile_w = min(tile_size, padded_h), min(tile_size, padded_w)
-    if tile_size % stride:
-        raise ValueError(f"tile_size {tile_size} is not a multiple of the model stride {stride}")
-    overlap_px = int(round(overlap * tile_size))
-    step = max(stride, (tile_size - overlap_px) // stride * stride)
-    margin, ramp = overlap_px // 4, overlap_px // 2
-    starts = [(y, x0) for y in _tile_starts(padded_h, tile_h, step) for x0 in _tile_starts(padded_w, tile_w, step)]
 
     total = weight_sum = None
     bar = tqdm(total=len(starts), desc="tiles", disable=not progress, leave=False)
