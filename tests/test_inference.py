@@ -1,5 +1,6 @@
 import csv
 import json
+import warnings
 
 import keras
 import numpy as np
@@ -11,7 +12,8 @@ from conftest import disk
 from unet.cli import main as cli
 from unet.config import Config
 from unet.evaluation import class_scores, confusion_matrix, iou_matrix, nuclei_scores
-from unet.inference import load_run_model, nuclei_from_probabilities, predict_image, predict_tiled, tile_layout
+from unet.inference import (load_run_model, nuclei_from_probabilities, predict_image, predict_tiled,
+                            relabel_instances, tile_layout)
 from unet.losses import ConfusionMetric
 from unet.model import build_unet
 from unet.rle import read_rle_csv, rle_decode, rle_encode_labels
@@ -97,7 +99,20 @@ def test_tiny_objects_are_removed():
     probabilities = np.zeros((20, 20, 1), np.float32)
     probabilities[2:4, 2:4] = 1  # 4 px
     probabilities[10:16, 10:16] = 1  # 36 px
-    assert nuclei_from_probabilities(probabilities, min_area=12).max() == 1
+    labels = nuclei_from_probabilities(probabilities, min_area=12)
+    assert labels.max() == 1 and (labels == 1).sum() == 36
+
+
+def test_relabel_instances_keeps_objects_of_the_minimum_area_quietly():
+    labels = np.zeros((10, 10), np.int32)
+    labels[0:3, 0:4] = 7  # 12 px: kept
+    labels[5:7, 5:7] = 3  # 4 px: removed
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # one object left must not warn (skimage's remove_small_objects does)
+        out = relabel_instances(labels, min_area=12)
+        single = relabel_instances(np.where(labels == 7, 1, 0), min_area=12)
+    assert out.dtype == np.uint16 and set(np.unique(out)) == {0, 1} and (out == 1).sum() == 12
+    np.testing.assert_array_equal(single, out)
 
 
 # ----------------------------------------------------------------------------- metrics

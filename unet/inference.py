@@ -123,11 +123,12 @@ def predict_tiled(model, image: np.ndarray, tile_size: int = 256, overlap: float
 
 def relabel_instances(labels: np.ndarray, min_area: int) -> np.ndarray:
     """Labels 1..n (uint16) after removing objects smaller than ``min_area`` pixels."""
-    from skimage.morphology import remove_small_objects
     from skimage.segmentation import relabel_sequential
 
     if min_area > 1 and labels.max():
-        labels = remove_small_objects(labels, max_size=min_area - 1)
+        too_small = np.bincount(labels.ravel()) < min_area
+        too_small[0] = False
+        labels = np.where(too_small[labels], 0, labels)
     return relabel_sequential(labels)[0].astype(np.uint16)
 
 
