@@ -213,15 +213,15 @@ def main() -> None:
     print("peak (large 3x3 conv): " + ", ".join(f"{p} {g:.0f} GFLOP/s" for p, g in peak.items()))
     results = {"environment": env, "peak_gflops": peak, "training": [], "inference": []}
 
-    runs = {(base, variant): [] for base in ([] if args.skip_training else args.filters)
-            for variant in ("project", "naive")}
+    bases = [] if args.skip_training else args.filters
+    runs = {(base, variant): [] for base in bases for variant in ("project", "naive")}
     for repeat in range(args.repeats):  # interleaved, so that slow spells of the machine hit both variants
         for base, variant in runs:
             runs[base, variant].append(spawn(variant, args, base))
-    if runs:
+    if bases:
         print(f"\n{'base':>4} {'variant':<28} {'img/s median (min-max)':>24} {'GFLOP/img':>10} {'GFLOP/s':>8} "
               f"{'of peak':>8} {'ratio':>6} {'end-of-fit s':>12} {'ratio w/o that':>15}")
-    for base in sorted({base for base, _ in runs}):
+    for base in bases:
         naive_speed = float(np.median([r["images_per_s"] for r in runs[base, "naive"]]))
         fwd = runs[base, "project"][0]["forward_gflop_per_image"]
         for variant, name in (("project", "project (auto precision)"), ("naive", "naive (float32, NumPy fit)")):
