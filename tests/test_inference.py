@@ -245,7 +245,7 @@ def test_predict_and_evaluate_nuclei_through_the_command_line(tiny_sample, tmp_p
     rows = read_rle_csv(out / "submission.csv")
     for image_id, maps in labels.items():
         decoded = np.zeros(maps.shape, np.int64)
-        for encoded, _ in rows.get(image_id, []):
+        for encoded, _, _ in rows.get(image_id, []):
             piece = rle_decode(encoded, maps.shape)
             assert not (decoded[piece] > 0).any()
             decoded[piece] = maps[piece][0]

@@ -39,7 +39,7 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
     """One ``--option`` per Config field (defaults from Config; ``--config`` loads a saved one)."""
     import dataclasses
 
-    from .config import Config
+    from .config import CHOICES, Config
 
     parser.add_argument("--config", type=Path, help="start from this config.json")
     for item in dataclasses.fields(Config):
@@ -48,7 +48,7 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
         flag = "--" + item.name.replace("_", "-")
         default = getattr(Config(), item.name)
         weights = item.name == "class_weights"
-        parser.add_argument(flag, type=Config.field_parser(item.name), default=None,
+        parser.add_argument(flag, type=Config.field_parser(item.name), default=None, choices=CHOICES.get(item.name),
                             metavar="W0,W1,..." if weights else "BOOL" if isinstance(default, bool) else None,
                             help="per-class loss weights" if weights else f"(default {default!r})")
 
@@ -82,14 +82,19 @@ def _train(args) -> int:
 def _predict(args) -> int:
     from .data import load_folder
     from .inference import load_run_model, predict_folder
+    from .io import claim_output_folder
 
+    if not args.images.is_dir():
+        raise DataError(f"{args.images}: {'is a file, not' if args.images.exists() else 'no such'} folder "
+                        "(--images takes a folder of images or a dataset folder)")
+    claim_output_folder(args.out, [args.images], {"images": str(args.images)})  # refused before the model loads
     model, config = load_run_model(args.model)
     changes = {k: v for k, v in (("tile_size", args.tile_size), ("tile_overlap", args.tile_overlap),
                                  ("batch_size", args.batch_size), ("min_nucleus_area", args.min_area),
                                  ("npy_dir", args.npy_dir)) if v is not None}
     config = config.replace(tta=config.tta if args.tta is None else args.tta, **changes)
     dataset = load_folder(args.images, config)
-    predict_folder(model, config, dataset, args.out, progress=not args.quiet)
+    predict_folder(model, config, dataset, args.out, progress=not args.quiet, inputs=[args.images])
     written = "masks/, overlays/, input.gif, output.gif" + (", nuclei.csv, submission.csv"
                                                              if config.kind == "dsb2018" else "")
     print(f"{len(dataset)} images predicted into {args.out}: {written}")
@@ -156,8 +161,15 @@ def _add_data_options(parser: argparse.ArgumentParser) -> None:
                         help="tissue mask values outside the classes: fail, or map to the ignore label")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (no usage dump); ``--help`` shows the options."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (--help lists the options)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m unet", description=__doc__)
+    parser = _Parser(prog="python -m unet", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
     sample = commands.add_parser("sample", help="write the synthetic default dataset")
@@ -210,10 +222,16 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--set", action="append", type=_parameter, metavar="NAME=VALUE",
                       help="override a notebook parameter (repeatable), e.g. --set EPOCHS=3")
     demo.set_defaults(run=_demo)
+    for command in commands.choices.values():
+        command.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run a command. A user's mistake (bad data, option, file or folder) ends in one line per
+    problem on stderr and exit code 1 (argparse's own errors: 2); ``--debug`` shows tracebacks."""
+    from .config import ConfigError
+
     args = build_parser().parse_args(argv)
     if args.command == "train":  # --kind auto (the default here) detects the layout
         args.kind_auto = args.kind in (None, "auto")
@@ -221,5 +239,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.run(args)
     except DataError as error:
-        print("\n".join(error.problems), file=sys.stderr)
-        return 1
+        if args.debug:
+            raise
+        print("\n".join(f"error: {line}" for line in error.problems), file=sys.stderr)
+    except ConfigError as error:
+        if args.debug:
+            raise
+        option = "--" + error.field.replace("_", "-")
+        print(f"error: {option}{str(error)[len(error.field):]}", file=sys.stderr)
+    except OSError as error:  # permissions, a full disk, a missing file: the system's words and the path
+        if args.debug or error.errno is None:
+            raise
+        print(f"error: {error.filename or ''}{': ' if error.filename else ''}{error.strerror}", file=sys.stderr)
+    return 1

@@ -8,6 +8,28 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
+CHOICES = {  # fields with a fixed set of values
+    "kind": ("dsb2018", "tissue"),
+    "mask_mode": ("auto", "P", "L", "RGB"),
+    "stray": ("error", "ignore"),
+    "color_mode": ("auto", "rgb", "gray"),
+    "head": ("auto", "binary", "boundary", "multiclass"),
+    "input_mode": ("crop", "resize"),
+    "precision": ("auto", "float32", "mixed_bfloat16", "mixed_float16"),
+    "xla": ("auto", "on", "off"),
+    "strategy": ("auto", "mirrored", "default"),
+}
+POSITIVE = ("image_size", "batch_size", "epochs", "base_filters", "depth", "tile_size")
+FRACTIONS = {"val_fraction": (0.0, 1.0), "dropout": (0.0, 1.0), "tile_overlap": (0.0, 1.0)}  # [low, high)
+
+
+class ConfigError(ValueError):
+    """An invalid setting; ``field`` names it (the command line shows it as ``--field-name``)."""
+
+    def __init__(self, field_name: str, message: str):
+        self.field = field_name
+        super().__init__(f"{field_name}: {message}")
+
 
 @dataclass
 class Config:
@@ -66,6 +88,32 @@ class Config:
     run_name: str = ""
     extra: dict = field(default_factory=dict)
 
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise a ConfigError naming the first invalid field and what it may be."""
+        for name, allowed in CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise ConfigError(name, f"{getattr(self, name)!r} is not one of {', '.join(allowed)}")
+        for name in POSITIVE:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(name, f"{value!r} must be a positive integer")
+        for name, (low, high) in FRACTIONS.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value < high:
+                raise ConfigError(name, f"{value!r} must be a number in [{low:g}, {high:g})")
+        stride = 2**self.depth
+        for name in ("image_size", "tile_size"):
+            if getattr(self, name) % stride:
+                raise ConfigError(name, f"{getattr(self, name)} is not a multiple of 2**depth = {stride} "
+                                        f"(the U-Net halves the size {self.depth} times)")
+        if self.class_weights is not None and (
+                not isinstance(self.class_weights, list) or not all(isinstance(w, (int, float)) and w >= 0
+                                                                    for w in self.class_weights)):
+            raise ConfigError("class_weights", f"{self.class_weights!r} must be a list of non-negative numbers")
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
@@ -84,7 +132,21 @@ class Config:
 
     @classmethod
     def load(cls, path: str | Path) -> "Config":
-        return cls.from_dict(json.loads(Path(path).read_text()))
+        """A saved config; a file that is not a JSON object or holds an invalid value raises a
+        ConfigError naming the file and the key."""
+        path = Path(path)
+        try:
+            values = json.loads(path.read_text())
+        except json.JSONDecodeError as error:
+            raise ConfigError("config", f"{path}: not valid JSON ({error})") from None
+        if not isinstance(values, dict):
+            raise ConfigError("config", f"{path}: expected a JSON object of settings")
+        try:
+            return cls.from_dict(values)
+        except ConfigError as error:
+            raise ConfigError(error.field, f"{path}: key {error.field!r}: {str(error).split(': ', 1)[1]}") from None
+        except TypeError as error:
+            raise ConfigError("config", f"{path}: {error}") from None
 
     def replace(self, **changes) -> "Config":
         return dataclasses.replace(self, **changes)
@@ -94,7 +156,27 @@ class Config:
         """The function that turns command-line text into a value of the field ``name``."""
         default = getattr(cls(), name)
         if isinstance(default, bool):
-            return lambda text: text.lower() in ("1", "true", "yes", "on")
+            return parse_bool
         if name == "class_weights":
-            return lambda text: [float(w) for w in text.split(",")]
+            return parse_weights
         return type(default)
+
+
+def parse_bool(text: str) -> bool:
+    """'true'/'false', 'yes'/'no', 'on'/'off', '1'/'0' (any case); anything else is an error."""
+    from argparse import ArgumentTypeError
+
+    words = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
+    if text.lower() not in words:
+        raise ArgumentTypeError(f"{text!r} is not a boolean (true/false, yes/no, on/off, 1/0)")
+    return words[text.lower()]
+
+
+def parse_weights(text: str) -> list[float]:
+    """'1,2.5,3' -> [1.0, 2.5, 3.0]."""
+    from argparse import ArgumentTypeError
+
+    try:
+        return [float(w) for w in text.split(",")]
+    except ValueError:
+        raise ArgumentTypeError(f"{text!r} is not a comma-separated list of numbers") from None

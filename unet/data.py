@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import tempfile
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +25,7 @@ from tqdm.auto import tqdm
 from .io import DataError, is_image_file, list_images, open_image, read_rgb, to_rgb
 from .rle import read_rle_csv, rle_decode
 
-CACHE_VERSION = 1
+CACHE_VERSION = 3
 RLE_FILES = ("stage1_solution.csv", "stage1_train_labels.csv")
 CLASSES_FILE = "classes.csv"
 DEFAULT_COLORS = np.array(
@@ -108,6 +109,20 @@ def detect_layout(path: str | Path) -> str:
         return "dsb2018"
     raise DataError(f"{path}: neither the DSB2018 layout (<id>/images/<id>.png) nor an "
                     "images/ + masks/ folder pair")
+
+
+def resolve_kind(folder: str | Path, kind: str = "auto") -> str:
+    """The folder's layout; an explicit ``kind`` that does not match it is an error."""
+    try:
+        detected = detect_layout(folder)
+    except DataError:
+        if kind == "auto":
+            raise
+        return kind  # decoding names what is missing
+    if kind not in ("auto", detected):
+        raise DataError(f"{folder}: this is a {detected} folder, not {kind} "
+                        f"(use --kind {detected}, or --kind auto to detect it)")
+    return detected
 
 
 def _is_dsb_sample(folder: Path) -> bool:
@@ -200,11 +215,60 @@ def parallel_map(function, items, desc: str, workers: int | None = None, progres
     return results
 
 
-def decode_dsb_sample(sample: Path, rle_rows: list | None, require_labels: bool):
-    """(image, instance map or None) of one ``<id>/`` folder.
+WHOLE_IMAGE_SHARE = 0.9  # an instance mask covering more of its image is refused (inverted or filled mask)
 
-    Instance masks are read in file-name order and numbered from 1; a pixel claimed by
-    several masks keeps the lowest number (deterministic overlap resolution).
+
+def mask_foreground(image: Image.Image) -> np.ndarray:
+    """The foreground of one instance mask, read from its gray or colour content whatever the
+    mode: an RGBA mask with opaque black around a white nucleus is the nucleus, not the whole
+    image. Alpha counts only when the colour channels hold nothing (a nucleus drawn in alpha)."""
+    if image.mode in ("P", "PA"):
+        image = image.convert("RGBA")
+    array = np.asarray(image)
+    if array.ndim == 2:
+        return array > 0
+    colour, alpha = array[..., :-1] if image.mode in ("LA", "RGBA") else array, None
+    if image.mode in ("LA", "RGBA"):
+        alpha = array[..., -1]
+    foreground = colour.any(axis=2)
+    if not foreground.any() and alpha is not None and alpha.min() < alpha.max():
+        foreground = alpha > 0
+    return foreground
+
+
+def instances_from_layers(layers: list[np.ndarray], names: list[str], shape) -> tuple[np.ndarray, list[str]]:
+    """(uint16 instance map, notes) from one boolean layer per nucleus, in the given order.
+
+    A pixel claimed by several layers keeps the earliest one (deterministic overlaps). A layer
+    that ends up with no pixel of its own (empty, or a duplicate of earlier masks) is no nucleus:
+    it is left out, and a note names it. Instances are numbered 1..n without gaps.
+    """
+    instances = np.zeros(shape, np.uint16)
+    notes, first_owner = [], {}
+    for layer, name in zip(layers, names):
+        own = layer & (instances == 0)
+        if not layer.any():
+            notes.append(f"{name}: empty mask (no foreground pixel): not counted as a nucleus")
+            continue
+        if not own.any():
+            owners = np.unique(instances[layer])
+            if len(owners) == 1 and (instances == owners[0]).sum() == layer.sum():
+                what = f"duplicate of {first_owner[int(owners[0])]}"
+            else:
+                what = "covered entirely by " + ", ".join(first_owner[int(v)] for v in owners)
+            notes.append(f"{name}: {what}: not counted as a nucleus")
+            continue
+        label = len(first_owner) + 1
+        instances[own] = label
+        first_owner[label] = name
+    return instances, notes
+
+
+def decode_dsb_sample(sample: Path, rle_rows: list | None, require_labels: bool):
+    """(image, instance map or None, notes) of one ``<id>/`` folder.
+
+    Instance masks are read in file-name order (or run-length rows in file order); see
+    :func:`instances_from_layers` for overlaps and masks without pixels of their own.
     """
     image_dir = sample / "images"
     images = list_images(image_dir) if image_dir.is_dir() else []
@@ -214,12 +278,11 @@ def decode_dsb_sample(sample: Path, rle_rows: list | None, require_labels: bool)
     image = to_rgb(open_image(images[0]))
     shape = image.shape[:2]
     mask_files = list_images(sample / "masks") if (sample / "masks").is_dir() else []
-    layers = []
+    layers, names, problems = [], [], []
     if mask_files:
-        problems = []
         for path in mask_files:
             try:
-                mask = np.asarray(open_image(path))
+                mask = mask_foreground(open_image(path))
             except DataError as error:
                 problems += error.problems
                 continue
@@ -227,42 +290,88 @@ def decode_dsb_sample(sample: Path, rle_rows: list | None, require_labels: bool)
                 problems.append(f"{path}: mask size {mask.shape[1]}x{mask.shape[0]} differs from its "
                                 f"image {shape[1]}x{shape[0]}")
                 continue
-            layers.append(mask.any(axis=2) if mask.ndim == 3 else mask > 0)
-        if problems:
-            raise DataError(problems)
+            layers.append(mask)
+            names.append(str(path))
     elif rle_rows:
-        for encoded, rle_shape in rle_rows:
+        for encoded, rle_shape, where in rle_rows:
             if rle_shape is not None and tuple(rle_shape) != shape:
-                raise DataError(f"{sample.name}: run-length size {rle_shape[1]}x{rle_shape[0]} differs "
-                                f"from its image {shape[1]}x{shape[0]}")
+                problems.append(f"{where}: run-length size {rle_shape[1]}x{rle_shape[0]} differs from the image "
+                                f"{images[0]} ({shape[1]}x{shape[0]})")
+                continue
             try:
                 layers.append(rle_decode(encoded, shape))
             except ValueError as error:
-                raise DataError(f"{sample.name}: bad run-length labels ({error})") from None
+                problems.append(f"{where}: bad run-length labels for {sample.name} ({error})")
+                continue
+            names.append(where)
     elif require_labels:
         raise DataError(f"{sample}: image without masks (no masks/*.png and no run-length rows)")
     else:
-        return image, None
-    instances = np.zeros(shape, np.uint16)
-    for label, layer in enumerate(layers, start=1):
-        instances[layer & (instances == 0)] = label
-    return image, instances
+        return image, None, []
+    for layer, name in zip(layers, names):
+        if layer.mean() > WHOLE_IMAGE_SHARE:
+            problems.append(f"{name}: the mask covers {100 * layer.mean():.0f}% of its image; an instance mask "
+                            "holds one nucleus on a black background (inverted or filled mask?)")
+    if problems:
+        raise DataError(problems)
+    instances, notes = instances_from_layers(layers, names, shape)
+    return image, instances, notes
 
 
 def _read_classes_file(path: Path) -> list[dict]:
+    """Rows of ``classes.csv`` checked line by line: 'name' present, 'index' 0, 1, 2, ... in
+    order, 'color' a #rrggbb colour, 'value' a gray level or a #rrggbb colour. Each row keeps
+    its "file:line" for later messages."""
     with open(path, newline="") as handle:
         rows = list(csv.DictReader(handle))
     if not rows or "name" not in rows[0]:
         raise DataError(f"{path}: needs a header with at least 'name' (and optional index, value, color)")
+    problems = []
     for i, row in enumerate(rows):
-        if int(row.get("index") or i) != i:
-            raise DataError(f"{path}: class indices must run 0, 1, 2, ... in order")
+        row["where"] = where = f"{path}:{i + 2}"
+        if not (row.get("name") or "").strip():
+            problems.append(f"{where}: empty class name")
+        index = (row.get("index") or "").strip()
+        if index and (not index.isdigit() or int(index) != i):
+            problems.append(f"{where}: index {index!r} should be {i} (indices run 0, 1, 2, ... in order)")
+        for key in ("color", "value"):
+            text = (row.get(key) or "").strip()
+            if text and not (_is_color(text) or (key == "value" and text.isdigit() and int(text) < 65536)):
+                expected = "a #rrggbb colour" if key == "color" else "a gray level (0-65535) or a #rrggbb colour"
+                problems.append(f"{where}: {key} {text!r} is not {expected}")
+    if problems:
+        raise DataError(problems)
     return rows
+
+
+def _is_color(text: str) -> bool:
+    digits = text.strip().lstrip("#")
+    return len(digits) == 6 and all(c in "0123456789abcdefABCDEF" for c in digits)
 
 
 def _parse_color(text: str) -> tuple[int, int, int]:
     text = text.strip().lstrip("#")
     return tuple(int(text[i:i + 2], 16) for i in (0, 2, 4))
+
+
+def _class_values(rows: list[dict], mode: str) -> list[int]:
+    """The mask code of each class of ``classes.csv`` for masks of ``mode``."""
+    values, problems = [], []
+    for i, row in enumerate(rows):
+        text = (row.get("value") or "").strip()
+        if mode == "P":
+            values.append(int(text) if text.isdigit() else i)
+        elif mode == "L" and text.isdigit():
+            values.append(int(text))
+        elif mode == "RGB" and _is_color(text):
+            c = _parse_color(text)
+            values.append((c[0] << 16) | (c[1] << 8) | c[2])
+        else:
+            wanted = "a gray level" if mode == "L" else "a #rrggbb colour"
+            problems.append(f"{row['where']}: '{mode}' masks need {wanted} in the 'value' column, found {text!r}")
+    if problems:
+        raise DataError(problems)
+    return values
 
 
 def _decode_raw_mask(path: Path, mode_wanted: str):
@@ -298,6 +407,8 @@ def decode_tissue_pair(pair: tuple[Path, Path | None], mask_mode: str):
 
 
 def _tissue_pairs(folder: Path, require_labels: bool) -> list[tuple[Path, Path | None]]:
+    if not (folder / "images").is_dir():
+        raise DataError(f"{folder / 'images'}: missing folder (a tissue dataset holds images/ and masks/)")
     images = {p.stem: p for p in list_images(folder / "images")}
     masks = {p.stem: p for p in list_images(folder / "masks")} if (folder / "masks").is_dir() else {}
     problems = []
@@ -337,13 +448,7 @@ def map_tissue_classes(raw, paths, classes_rows, stray: str, ignore_label: int, 
 
     if classes_rows:
         names = [row["name"] for row in classes_rows]
-        if mode == "P":
-            class_values = [int(row.get("value") or i) for i, row in enumerate(classes_rows)]
-        elif mode == "L":
-            class_values = [int(row["value"]) for row in classes_rows]
-        else:
-            class_values = [(lambda c: (c[0] << 16) | (c[1] << 8) | c[2])(_parse_color(row["value"]))
-                            for row in classes_rows]
+        class_values = _class_values(classes_rows, mode)
     else:
         class_values = sorted(v for v, c in pixel_counts.items() if c >= min_share * total)
         if mode == "P":
@@ -404,8 +509,33 @@ def _cache_dir(npy_dir: Path, folder: Path, kind: str) -> Path:
     return npy_dir / f"{kind}-{folder.name}-{tag}"
 
 
+def file_crc32(path: Path, chunk: int = 1 << 24) -> int:
+    """CRC-32 of a whole file, read in 16 MiB chunks (about 1 GB/s)."""
+    crc = 0
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            crc = zlib.crc32(block, crc)
+    return crc
+
+
+_VERIFIED: set[tuple] = set()  # cache files whose checksum this process has verified (path, size, mtime)
+
+
+def _verified(path: Path, expected_crc: int) -> bool:
+    """Whether ``path`` has the CRC-32 recorded at write time; checked once per process and file
+    version (a file changed in place gets a new mtime and is checked again)."""
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, expected_crc)
+    if key not in _VERIFIED:
+        if file_crc32(path) != expected_crc:
+            return False
+        _VERIFIED.add(key)
+    return True
+
+
 def _read_cache(cache: Path, expected_fingerprint: str) -> Dataset | None:
-    """The cached dataset, or None when absent, stale, truncated or corrupt."""
+    """The cached dataset, or None when absent, stale, truncated or corrupt (size, header or
+    checksum)."""
     try:
         meta = json.loads((cache / "meta.json").read_text())
         if meta.get("fingerprint") != expected_fingerprint:
@@ -413,12 +543,12 @@ def _read_cache(cache: Path, expected_fingerprint: str) -> Dataset | None:
         arrays = {}
         for name, info in meta["files"].items():
             path = cache / f"{name}.npy"
-            if path.stat().st_size != info["bytes"]:
+            if path.stat().st_size != info["bytes"] or not _verified(path, info["crc32"]):
                 return None
             arrays[name] = np.load(path, mmap_mode="r", allow_pickle=False)
             if list(arrays[name].shape) != info["shape"] or str(arrays[name].dtype) != info["dtype"]:
                 return None
-    except (OSError, ValueError, KeyError, json.JSONDecodeError):
+    except (OSError, ValueError, KeyError, TypeError, json.JSONDecodeError):
         return None
     index = np.asarray(arrays["index"])
     unpack = lambda name: _unpack(arrays[name], index) if name in arrays else None  # noqa: E731
@@ -444,7 +574,7 @@ def _write_cache(cache: Path, dataset: Dataset, fp: str) -> None:
         for name, array in arrays.items():
             np.save(tmp / f"{name}.npy", array, allow_pickle=False)
             files[name] = {"bytes": (tmp / f"{name}.npy").stat().st_size, "shape": list(array.shape),
-                           "dtype": str(array.dtype)}
+                           "dtype": str(array.dtype), "crc32": file_crc32(tmp / f"{name}.npy")}
         meta = {"fingerprint": fp, "kind": dataset.kind, "ids": dataset.ids, "files": files,
                 "class_names": dataset.class_names, "palette": np.asarray(dataset.palette).tolist(),
                 "source": dataset.source, "report": dataset.report}
@@ -466,7 +596,7 @@ def decode_dataset(folder: str | Path, kind: str = "auto", *, mask_mode: str = "
                    progress: bool = True) -> Dataset:
     """Decode a dataset folder from its source files (no cache)."""
     folder = Path(folder)
-    kind = detect_layout(folder) if kind == "auto" else kind
+    kind = resolve_kind(folder, kind)
     if kind == "dsb2018":
         folder = find_splits(folder)[0]
         samples = _dsb_sources(folder)
@@ -474,14 +604,17 @@ def decode_dataset(folder: str | Path, kind: str = "auto", *, mask_mode: str = "
         decoded = parallel_map(lambda s: decode_dsb_sample(s, table.get(s.name), require_labels), samples,
                                f"decoding {folder.name}", progress=progress)
         ids = [s.name for s in samples]
-        images = [image for image, _ in decoded]
-        labelled = [inst is not None for _, inst in decoded]
+        images = [image for image, _, _ in decoded]
+        labelled = [inst is not None for _, inst, _ in decoded]
         if any(labelled) and not all(labelled):
             missing = [str(s) for s, ok in zip(samples, labelled) if not ok]
             raise DataError([f"{m}: image without masks" for m in missing])
-        instances = [inst for _, inst in decoded] if all(labelled) else None
+        instances = [inst for _, inst, _ in decoded] if all(labelled) else None
         masks = None if instances is None else [(inst > 0).astype(np.uint8) for inst in instances]
-        return Dataset(kind, ids, images, masks, instances, source=str(folder))
+        notes = [note for _, _, sample_notes in decoded for note in sample_notes]
+        if notes:
+            notes.append(f"{len(notes)} mask(s) without pixels of their own were left out (listed above)")
+        return Dataset(kind, ids, images, masks, instances, source=str(folder), report=notes)
     if kind != "tissue":
         raise ValueError(f"unknown dataset kind {kind!r} (use 'dsb2018' or 'tissue')")
     if mask_mode not in ("auto", "P", "L", "RGB") or stray not in ("error", "ignore"):
@@ -506,7 +639,7 @@ def load_dataset(folder: str | Path, kind: str = "auto", *, npy_dir: str | Path 
                  require_labels: bool = True, progress: bool = True, verbose: bool = True) -> Dataset:
     """Load a dataset through the NPY cache, rebuilding it when sources or settings changed."""
     folder = Path(folder)
-    kind = detect_layout(folder) if kind == "auto" else kind
+    kind = resolve_kind(folder, kind)
     if kind == "dsb2018":
         folder = find_splits(folder)[0]
     settings = dict(mask_mode=mask_mode, stray=stray, ignore_label=ignore_label, min_class_share=min_class_share)
@@ -521,7 +654,11 @@ def load_dataset(folder: str | Path, kind: str = "auto", *, npy_dir: str | Path 
             print(f"building cache {cache} from {folder}")
         decoded = decode_dataset(folder, kind, mask_mode=mask_mode, stray=stray, ignore_label=ignore_label,
                                  min_class_share=min_class_share, require_labels=False, progress=progress)
-        _write_cache(cache, decoded, fp)
+        try:
+            _write_cache(cache, decoded, fp)
+        except OSError as error:
+            raise DataError(f"{cache.parent}: cannot write the NPY cache ({error.strerror or error}); "
+                            "choose a writable folder (--npy-dir, or npy_dir in the config)") from None
         dataset = _read_cache(cache, fp)
         if dataset is None:
             raise RuntimeError(f"{cache}: cache written but cannot be read back")
@@ -535,7 +672,7 @@ def check_dataset(folder: str | Path, kind: str = "auto", **options) -> list[Dat
     """Decode every file of a dataset (for a DSB2018 root, train and test); raise a DataError
     naming each bad file, else return the decoded datasets."""
     folder = Path(folder)
-    kind = detect_layout(folder) if kind == "auto" else kind
+    kind = resolve_kind(folder, kind)
     datasets, problems = [], []
     train, test = find_splits(folder) if kind == "dsb2018" else (folder, None)
     for part, part_options in ((train, options), (test, {**options, "require_labels": False})):
@@ -586,7 +723,6 @@ def load_folder(path: str | Path, config, require_labels: bool = False) -> Datas
         if not files:
             raise DataError(f"{path}: no images to predict")
         return Dataset(config.kind, [p.stem for p in files], [read_rgb(p) for p in files], None, source=str(path))
-    if layout == "dsb2018":
-        train, test = find_splits(path)
-        path = test or train
+    if layout == "dsb2018":  # a root: its stage1_test, else its stage1_train
+        path = next((p for p in (path / "stage1_test", path / "stage1_train") if p.is_dir()), path)
     return load_from_config(config.replace(kind=layout), path, require_labels=require_labels)

@@ -7,13 +7,27 @@ import numpy as np
 THRESHOLDS = np.round(np.arange(0.5, 1.0, 0.05), 2)  # 0.50, 0.55, ..., 0.95
 
 
+def consecutive_labels(labels: np.ndarray) -> np.ndarray:
+    """The label map renumbered 1..n in order of its ids (0 stays background).
+
+    Label maps from other tools may use any ids (gaps, shuffles, large values); the metric
+    counts objects by their distinct ids, never by the largest one.
+    """
+    labels = np.asarray(labels)
+    ids = np.unique(labels)
+    objects = ids[ids != 0]
+    numbered = np.searchsorted(objects, labels).astype(np.int64) + 1
+    numbered[labels == 0] = 0
+    return numbered
+
+
 def iou_matrix(truth: np.ndarray, prediction: np.ndarray) -> np.ndarray:
     """IoU of every true nucleus (rows) with every predicted one (columns).
 
-    One co-occurrence histogram of the two label maps gives all intersections at once.
-    Labels are assumed to run 1..n (0 = background).
+    Both maps are renumbered 1..n first (any ids, 0 = background); one co-occurrence histogram
+    of the two then gives all intersections at once.
     """
-    truth, prediction = np.asarray(truth, np.int64).ravel(), np.asarray(prediction, np.int64).ravel()
+    truth, prediction = consecutive_labels(truth).ravel(), consecutive_labels(prediction).ravel()
     n_true, n_pred = int(truth.max(initial=0)), int(prediction.max(initial=0))
     joint = np.bincount(truth * (n_pred + 1) + prediction, minlength=(n_true + 1) * (n_pred + 1))
     joint = joint.reshape(n_true + 1, n_pred + 1)

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from .training import hard_prediction, model_input, normalize, resolve_color_mode
+from .training import model_input, normalize, resolve_color_mode
 
 
 def model_stride(model) -> int:
@@ -121,6 +121,13 @@ def predict_tiled(model, image: np.ndarray, tile_size: int = 256, overlap: float
 # ----------------------------------------------------------------------------- post-processing
 
 
+def hard_prediction(probabilities: np.ndarray) -> np.ndarray:
+    """Class map from model output: threshold 0.5 for one channel, argmax otherwise."""
+    if probabilities.shape[-1] == 1:
+        return (probabilities[..., 0] > 0.5).astype(np.uint8)
+    return probabilities.argmax(axis=-1).astype(np.uint8)
+
+
 def relabel_instances(labels: np.ndarray, min_area: int) -> np.ndarray:
     """Labels 1..n (uint16) after removing objects smaller than ``min_area`` pixels."""
     from skimage.segmentation import relabel_sequential
@@ -172,18 +179,28 @@ def nuclei_from_probabilities(probabilities: np.ndarray, min_area: int = 12, thr
 
 
 def load_run_model(path: str | Path):
-    """(model, config) from a ``.keras`` file and the ``config.json`` beside it."""
+    """(model, config) of a run: its folder (``best.keras`` in it) or a ``.keras`` file, with
+    the ``config.json`` beside it."""
     import keras
 
     from . import losses, model as _model  # noqa: F401  (registers the custom objects)
     from .config import Config
+    from .io import DataError
 
     path = Path(path)
-    model = keras.saving.load_model(path, safe_mode=True, compile=False)
+    if path.is_dir():
+        path = path / "best.keras"
+    if not path.is_file():
+        raise DataError(f"{path}: no such model file (give a run folder or its best.keras / last.keras)")
     config_path = path.parent / "config.json"
     if not config_path.is_file():
-        raise FileNotFoundError(f"{config_path}: the run's config.json is needed beside the model")
+        raise DataError(f"{config_path}: missing; the run's config.json is needed beside the model")
     config = Config.load(config_path)
+    try:
+        model = keras.saving.load_model(path, safe_mode=True, compile=False)
+    except Exception as error:  # Keras raises ValueError, OSError, zipfile errors, ... for foreign files
+        raise DataError(f"{path}: not a Keras model saved by this project ({type(error).__name__}: "
+                        f"{str(error).splitlines()[0] if str(error) else 'unreadable'})") from None
     if model.input_shape[-1] != (1 if resolve_color_mode(config) == "gray" else 3):  # runs from before color_mode
         config = config.replace(color_mode="gray" if model.input_shape[-1] == 1 else "rgb")
     return model, config
@@ -237,18 +254,20 @@ def nucleus_table(image_id: str, image: np.ndarray, labels: np.ndarray) -> list[
              "mean_intensity": round(float(table["intensity_mean"][i]), 3)} for i in range(len(table["label"]))]
 
 
-def predict_folder(model, config, dataset, out: str | Path, progress: bool = True) -> dict:
-    """Predict every image of ``dataset`` and write everything to ``out``.
+def predict_folder(model, config, dataset, out: str | Path, progress: bool = True, inputs=()) -> dict:
+    """Predict every image of ``dataset`` and write everything to ``out``, which must lie
+    outside the dataset's folder and ``inputs`` (see ``io.claim_output_folder``).
 
     ``masks/<id>.png`` (16-bit instance labels for nuclei, 'P' class PNGs for tissue),
     ``overlays/<id>.png``, ``input.gif``, ``output.gif`` and, for nuclei, ``nuclei.csv`` and
     Kaggle's ``submission.csv``. Returns the predicted label maps by id.
     """
-    from .io import save_png, write_csv
+    from .io import claim_output_folder, save_png, write_csv
     from .rle import rle_encode_labels
     from .visuals import draw_classes, draw_instances, overlay_panel, write_gif
 
-    out = Path(out)
+    out = claim_output_folder(out, [dataset.source, *inputs] if dataset.source else inputs,
+                              {"run": config.run_name, "images": dataset.source, "count": len(dataset)})
     nuclei = config.kind == "dsb2018"
     palette = np.array(config.extra.get("palette") or [[0, 0, 0]], np.uint8)
     truths = dataset.instances if nuclei else dataset.masks

@@ -24,11 +24,13 @@ class DataError(ValueError):
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | Path):
-    """Yield a temporary path beside ``path``; move it into place only if the block succeeds."""
+def atomic_path(path: str | Path, suffix: str | None = None):
+    """Yield a temporary path beside ``path`` (ending in ``suffix``, default the path's own, for
+    writers that check it); move it into place only if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix if suffix is None else suffix,
+                               dir=path.parent)
     os.close(fd)
     try:
         yield Path(tmp)
@@ -116,3 +118,33 @@ def write_csv(path: str | Path, rows: list[dict], header: list[str]) -> None:
         writer = csv.DictWriter(handle, fieldnames=header)
         writer.writeheader()
         writer.writerows(rows)
+
+
+PREDICTION_MARKER = "prediction.json"
+
+
+def claim_output_folder(out: str | Path, inputs, description: dict) -> Path:
+    """Make ``out`` ready for predictions, or refuse it with a DataError.
+
+    Refused: a folder that is, contains or lies inside one of the ``inputs`` (writing there
+    would overwrite or mix with the data), and a folder holding ``images/`` or a ``masks/`` that
+    this project did not write (ground truth). A folder it wrote before is marked by
+    ``prediction.json`` (``description``) and may be written again.
+    """
+    import json
+
+    out = Path(out)
+    resolved = out.resolve()
+    for folder in inputs:
+        folder = Path(folder).resolve()
+        if resolved == folder or folder in resolved.parents or resolved in folder.parents:
+            raise DataError(f"{out}: predictions must go to a folder outside the input folder {folder}")
+    if out.exists() and not out.is_dir():
+        raise DataError(f"{out}: exists and is not a folder")
+    ours = (out / PREDICTION_MARKER).is_file()
+    if (out / "images").is_dir() or ((out / "masks").is_dir() and not ours):
+        raise DataError(f"{out}: holds images/ or masks/ that predict did not write (a dataset?); "
+                        "choose an empty or new output folder")
+    out.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out / PREDICTION_MARKER, json.dumps(description, indent=2) + "\n")
+    return out

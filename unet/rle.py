@@ -34,10 +34,11 @@ def rle_encode(mask: np.ndarray) -> str:
     return " ".join(f"{s} {e - s}" for s, e in zip(starts, ends))
 
 
-def read_rle_csv(path: str | Path) -> dict[str, list[tuple[str, tuple[int, int] | None]]]:
+def read_rle_csv(path: str | Path) -> dict[str, list[tuple[str, tuple[int, int] | None, str]]]:
     """Rows of ``stage1_solution.csv`` or ``stage1_train_labels.csv`` grouped by image id.
 
-    Each entry is (run-length string, (height, width) when the file gives it).
+    Each entry is (run-length string, (height, width) when the file gives it, "file:line").
+    A row that is not a list of integers names its file and line.
     """
     rows: dict[str, list] = defaultdict(list)
     with open(path, newline="") as handle:
@@ -45,15 +46,22 @@ def read_rle_csv(path: str | Path) -> dict[str, list[tuple[str, tuple[int, int] 
         if not reader.fieldnames or not {"ImageId", "EncodedPixels"} <= set(reader.fieldnames):
             raise DataError(f"{path}: not a run-length CSV (needs ImageId and EncodedPixels columns)")
         for line, row in enumerate(reader, start=2):
+            where = f"{path}:{line}"
             shape = None
             if row.get("Height") and row.get("Width"):
                 try:
                     shape = (int(row["Height"]), int(row["Width"]))
                 except ValueError:
-                    raise DataError(f"{path}:{line}: Height/Width are not integers") from None
+                    raise DataError(f"{where}: Height/Width are not integers") from None
             encoded = (row["EncodedPixels"] or "").strip()
-            if encoded:
-                rows[row["ImageId"]].append((encoded, shape))
+            if not encoded:
+                continue
+            parts = encoded.split()
+            if not all(part.isdigit() for part in parts):
+                raise DataError(f"{where}: EncodedPixels must be positive integers (start length ...)")
+            if len(parts) % 2:
+                raise DataError(f"{where}: EncodedPixels holds an odd number of values (start length pairs)")
+            rows[row["ImageId"]].append((encoded, shape, where))
     return dict(rows)
 
 

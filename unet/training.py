@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import Config
+from .config import Config, ConfigError
 from .data import Dataset
-from .io import write_text_atomic
+from .io import DataError, write_text_atomic
 
 # ----------------------------------------------------------------------------- targets
 
@@ -36,12 +36,17 @@ def resolve_head(config: Config, dataset: Dataset) -> tuple[str, int, list[str]]
     if dataset.kind == "dsb2018":
         head = "boundary" if head == "auto" else head
         if head not in ("binary", "boundary"):
-            raise ValueError(f"nuclei head must be 'binary' or 'boundary', not {head!r}")
-        return head, 1 if head == "binary" else 3, nuclei_classes(head)
-    classes = dataset.class_names
-    if config.num_classes and config.num_classes != len(classes):
-        raise ValueError(f"config.num_classes={config.num_classes} but the data has {len(classes)} classes")
-    return "multiclass", len(classes), list(classes)
+            raise ConfigError("head", f"nuclei take 'binary' or 'boundary', not {head!r}")
+        channels, classes = 1 if head == "binary" else 3, nuclei_classes(head)
+    else:
+        classes = list(dataset.class_names)
+        if config.num_classes and config.num_classes != len(classes):
+            raise ConfigError("num_classes", f"{config.num_classes}, but the data has {len(classes)} classes")
+        head, channels = "multiclass", len(classes)
+    if config.class_weights is not None and (channels == 1 or len(config.class_weights) != channels):
+        raise ConfigError("class_weights", f"{len(config.class_weights)} weight(s) given; the model's classes are "
+                          f"{', '.join(classes)}" + (" (a binary head takes no class weights)" if channels == 1 else ""))
+    return head, channels, classes
 
 
 def boundary_target(instances: np.ndarray, contact_width: int = 0) -> np.ndarray:
@@ -326,55 +331,7 @@ def environment() -> dict:
             "cores": os.cpu_count()}
 
 
-# ----------------------------------------------------------------------------- callbacks
-
-
-def _image_grid(inputs, predictions, truths, palette):
-    from .visuals import colorize, to_display
-
-    rows = [np.concatenate([to_display(x), colorize(p, palette), colorize(t, palette)], axis=1)
-            for x, p, t in zip(inputs, predictions, truths)]
-    return np.concatenate(rows, axis=0)
-
-
-def hard_prediction(probabilities: np.ndarray) -> np.ndarray:
-    """Class map from model output: threshold 0.5 for one channel, argmax otherwise."""
-    if probabilities.shape[-1] == 1:
-        return (probabilities[..., 0] > 0.5).astype(np.uint8)
-    return probabilities.argmax(axis=-1).astype(np.uint8)
-
-
-def _snapshot_callback(run_dir: Path, tiles: tuple[np.ndarray, np.ndarray], palette: np.ndarray):
-    """TensorBoard extras: the forward-pass op graph (Keras 3 no longer writes one) and, per
-    epoch, an image of predictions on fixed validation tiles, also kept as a frame for
-    ``training.gif`` (the first tile)."""
-    import keras
-    import tensorflow as tf
-
-    class PredictionSnapshots(keras.callbacks.Callback):
-        def on_train_begin(self, logs=None):
-            self.writer = tf.summary.create_file_writer(str(run_dir / "images"))
-            size = tiles[0].shape[1]
-            graph = tf.function(lambda x: self.model(x, training=False)).get_concrete_function(
-                tf.TensorSpec([None, size, size, tiles[0].shape[-1]], tf.float32)).graph
-            with tf.summary.create_file_writer(str(run_dir / "train")).as_default():
-                tf.summary.graph(graph)
-
-        def on_epoch_end(self, epoch, logs=None):
-            x, y = tiles
-            predictions = hard_prediction(np.asarray(self.model.predict_on_batch(x)))
-            grid = _image_grid(x, predictions, y[..., 0], palette)
-            with self.writer.as_default():
-                tf.summary.image("validation/input_prediction_truth", grid[None], step=epoch)
-            self.writer.flush()
-            from .io import save_png
-
-            save_png(run_dir / "frames" / f"epoch_{epoch + 1:04d}.png", grid[: x.shape[1]])
-
-        def on_train_end(self, logs=None):
-            self.writer.close()
-
-    return PredictionSnapshots()
+# ----------------------------------------------------------------------------- runs
 
 
 @dataclass
@@ -393,8 +350,46 @@ class Run:
 
 
 def run_folder(config: Config) -> Path:
-    name = config.run_name or f"{config.kind}-{time.strftime('%Y%m%d-%H%M%S')}"
-    return Path(config.logs_dir) / name
+    """The run's folder under ``logs_dir``, created now.
+
+    Without ``run_name``: a new ``<kind>-<date>-<time>`` folder (``-2``, ``-3``, ... when the name
+    is taken), created exclusively, so two runs started in the same second never share one.
+    With ``run_name``: that folder, new or holding an interrupted run to resume; a folder whose
+    run has finished is refused rather than overwritten.
+    """
+    logs = Path(config.logs_dir)
+    logs.mkdir(parents=True, exist_ok=True)
+    if config.run_name:
+        folder = logs / config.run_name
+        if (folder / "summary.json").is_file():
+            raise DataError(f"{folder}: holds a finished run; choose another run name (or delete the folder)")
+        folder.mkdir(exist_ok=True)
+        return folder
+    stem = f"{config.kind}-{time.strftime('%Y%m%d-%H%M%S')}"
+    for number in range(1, 1000):
+        folder = logs / (stem if number == 1 else f"{stem}-{number}")
+        try:
+            folder.mkdir()
+            return folder
+        except FileExistsError:
+            continue
+    raise DataError(f"{logs}: no free run folder name for {stem}")
+
+
+@contextlib.contextmanager
+def run_lock(folder: Path):
+    """Hold ``folder/.lock`` for the block; a second process training into the same folder is refused."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no advisory locks
+        yield
+        return
+    with open(folder / ".lock", "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise DataError(f"{folder}: another training process is using this run folder") from None
+        yield
 
 
 @contextlib.contextmanager
@@ -411,10 +406,18 @@ def precision_policy(name: str):
 
 
 def train(config: Config, train_set: Dataset, val_set: Dataset, verbose: int = 2, extra_callbacks=()) -> Run:
-    """Train a U-Net; everything goes to ``logs/<run>/``. A run folder with a backup resumes."""
+    """Train a U-Net; everything goes to ``logs/<run>/``. A run folder with a backup resumes.
+
+    The settings and the data are checked before the run folder is created.
+    """
+    if not len(train_set) or not len(val_set):
+        raise DataError(f"{train_set.source or val_set.source}: {len(train_set)} training and {len(val_set)} "
+                        "validation images; training needs at least one of each")
+    resolve_head(config, train_set)
+    run_dir = run_folder(config)
     precision = resolve_precision(config.precision)
-    with precision_policy(precision):
-        return _fit(config, train_set, val_set, precision, verbose, extra_callbacks)
+    with run_lock(run_dir), precision_policy(precision):
+        return _fit(config.replace(run_name=run_dir.name), train_set, val_set, precision, verbose, extra_callbacks)
 
 
 def _fit(config: Config, train_set: Dataset, val_set: Dataset, precision: str, verbose: int, extra_callbacks) -> Run:
@@ -425,8 +428,7 @@ def _fit(config: Config, train_set: Dataset, val_set: Dataset, precision: str, v
     from .model import build_unet
 
     head, channels, class_names = resolve_head(config, train_set)
-    run_dir = run_folder(config)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = Path(config.logs_dir) / config.run_name
     keras.utils.set_random_seed(config.seed)
     strategy = make_strategy(config.strategy)
     global_batch = config.batch_size * strategy.num_replicas_in_sync
@@ -434,7 +436,7 @@ def _fit(config: Config, train_set: Dataset, val_set: Dataset, precision: str, v
     extra = {**config.extra, "precision_used": precision, "class_names": class_names,
              "palette": np.asarray(palette).tolist(), "replicas": strategy.num_replicas_in_sync,
              "environment": environment()}
-    config = config.replace(head=head, num_classes=channels, run_name=run_dir.name, extra=extra)
+    config = config.replace(head=head, num_classes=channels, extra=extra)
     config.save(run_dir / "config.json")
 
     train_images, train_targets, train_ranges = prepare_arrays(train_set.images, make_targets(train_set, config), config)
@@ -451,20 +453,7 @@ def _fit(config: Config, train_set: Dataset, val_set: Dataset, precision: str, v
                       metrics=make_metrics(channels, class_names, config.ignore_label),
                       jit_compile=resolve_xla(config.xla))
 
-    palette = np.array(config.extra["palette"], np.uint8)
-    callbacks = [
-        keras.callbacks.BackupAndRestore(str(run_dir / "backup")),
-        keras.callbacks.TensorBoard(str(run_dir), write_graph=True, update_freq="epoch"),
-        keras.callbacks.ModelCheckpoint(str(run_dir / "best.keras"), monitor="val_loss", save_best_only=True),
-        keras.callbacks.ModelCheckpoint(str(run_dir / "last.keras")),
-        keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.early_stopping_patience),
-        keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=config.reduce_lr_patience,
-                                          min_lr=1e-5),
-        keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True),
-        keras.callbacks.TerminateOnNaN(),
-        _snapshot_callback(run_dir, (val_x[:4], val_y[:4]), palette),
-        *extra_callbacks,
-    ]
+    callbacks = make_callbacks(run_dir, config, (val_x[:4], val_y[:4]), np.array(palette, np.uint8), extra_callbacks)
     if verbose:
         print(f"run folder: {run_dir}  (precision {precision}, {strategy.num_replicas_in_sync} replica(s), "
               f"{steps} steps/epoch of {global_batch} crops {config.image_size}x{config.image_size})")
@@ -479,6 +468,27 @@ def _fit(config: Config, train_set: Dataset, val_set: Dataset, precision: str, v
     history = read_history(history_path) if history_path.exists() else fit.history
     write_text_atomic(run_dir / "summary.json", json.dumps({"seconds": seconds, "epochs": len(history.get("loss", []))}))
     return Run(run_dir, best, history, config, seconds)
+
+
+def make_callbacks(run_dir: Path, config: Config, tiles, palette, extra_callbacks=()) -> list:
+    """The run's callbacks, in an order that keeps the folder consistent when the process is
+    killed: history and checkpoints are written before the resume backup (see ``callbacks``)."""
+    import keras
+
+    from .callbacks import Checkpoints, HistoryLog, PredictionSnapshots, ResumeBackup
+
+    return [
+        HistoryLog(run_dir / "history.csv"),
+        Checkpoints(run_dir, monitor="val_loss"),
+        keras.callbacks.TensorBoard(str(run_dir), write_graph=True, update_freq="epoch"),
+        PredictionSnapshots(run_dir, tiles, palette),
+        keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.early_stopping_patience),
+        keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=config.reduce_lr_patience,
+                                          min_lr=1e-5),
+        keras.callbacks.TerminateOnNaN(),
+        ResumeBackup(run_dir / "backup"),
+        *extra_callbacks,
+    ]
 
 
 def read_history(path: str | Path) -> dict[str, list[float]]:

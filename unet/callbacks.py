@@ -1,0 +1,157 @@
+"""Training callbacks that own the run folder's files: checkpoints, history, the resume backup
+and the TensorBoard prediction snapshots.
+
+Every file is written to a temporary name and renamed into place, so a process killed at any
+moment leaves each file whole (the previous version or the new one). The order in which
+``train`` lists them matters: history and checkpoints first, the resume backup last, so that a
+backup never points past what the other files hold.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import shutil
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from .io import atomic_path, save_png, write_csv, write_text_atomic
+
+
+class Checkpoints(keras.callbacks.Callback):
+    """``last.keras`` after every epoch; ``best.keras`` when the monitored value improves.
+
+    The best value so far is kept in ``best.json`` beside the model, so a resumed run only
+    replaces ``best.keras`` with a better model, never with the first epoch after the restart.
+    """
+
+    def __init__(self, run_dir: Path, monitor: str = "val_loss"):
+        super().__init__()
+        self.run_dir, self.monitor = Path(run_dir), monitor
+
+    def on_train_begin(self, logs=None):
+        record = self.run_dir / "best.json"
+        self.best = json.loads(record.read_text())["value"] if record.is_file() else math.inf
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._save(self.run_dir / "last.keras")
+        value = (logs or {}).get(self.monitor)
+        if value is not None and value < self.best:
+            self.best = float(value)
+            self._save(self.run_dir / "best.keras")
+            write_text_atomic(self.run_dir / "best.json",
+                              json.dumps({"epoch": epoch + 1, "monitor": self.monitor, "value": self.best}) + "\n")
+
+    def _save(self, path: Path) -> None:
+        with atomic_path(path) as tmp:
+            self.model.save(tmp)
+
+
+class HistoryLog(keras.callbacks.Callback):
+    """``history.csv``: one row per epoch, rewritten atomically after each epoch.
+
+    When a resumed run starts at epoch e, rows of epoch e and later (written by the killed
+    process after its last backup) are dropped: each epoch appears exactly once.
+    """
+
+    def __init__(self, path: Path):
+        super().__init__()
+        self.path, self.rows = Path(path), None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self.rows is None:
+            self.rows = [row for row in self._read() if int(float(row["epoch"])) < epoch]
+
+    def on_epoch_end(self, epoch, logs=None):
+        row = {"epoch": epoch, **{key: float(value) for key, value in (logs or {}).items()}}
+        self.rows.append(row)
+        header = list(dict.fromkeys(key for r in self.rows for key in r))
+        write_csv(self.path, self.rows, header)
+
+    def _read(self) -> list[dict]:
+        if not self.path.is_file():
+            return []
+        with open(self.path, newline="") as handle:
+            return list(csv.DictReader(handle))
+
+
+class ResumeBackup(keras.callbacks.Callback):
+    """What an interrupted run resumes from: the weights and optimizer state after the last
+    finished epoch (``backup/epoch-NNNN.weights.h5``) and ``backup/state.json`` naming them.
+
+    The weights go to a new file first, then ``state.json`` is replaced: a kill at any moment
+    leaves a state that names complete weights. The folder is removed when training ends.
+    """
+
+    def __init__(self, backup_dir: Path):
+        super().__init__()
+        self.backup_dir = Path(backup_dir)
+
+    def on_train_begin(self, logs=None):
+        state_path = self.backup_dir / "state.json"
+        if not state_path.is_file():
+            return
+        state = json.loads(state_path.read_text())
+        if self.model.optimizer is not None and not self.model.optimizer.built:
+            self.model.optimizer.build(self.model.trainable_variables)
+        self.model.load_weights(self.backup_dir / state["weights"])
+        self.model._initial_epoch = state["epoch"]  # how Keras's own BackupAndRestore resumes fit()
+
+    def on_epoch_end(self, epoch, logs=None):
+        name = f"epoch-{epoch + 1:04d}.weights.h5"
+        with atomic_path(self.backup_dir / name, suffix=".weights.h5") as tmp:
+            self.model.save_weights(tmp)
+        write_text_atomic(self.backup_dir / "state.json", json.dumps({"epoch": epoch + 1, "weights": name}) + "\n")
+        for old in self.backup_dir.glob("epoch-*.weights.h5"):
+            if old.name != name:
+                old.unlink()
+
+    def on_train_end(self, logs=None):
+        shutil.rmtree(self.backup_dir, ignore_errors=True)
+
+
+def _image_grid(inputs, predictions, truths, palette):
+    from .visuals import colorize, to_display
+
+    rows = [np.concatenate([to_display(x), colorize(p, palette), colorize(t, palette)], axis=1)
+            for x, p, t in zip(inputs, predictions, truths)]
+    return np.concatenate(rows, axis=0)
+
+
+class PredictionSnapshots(keras.callbacks.Callback):
+    """TensorBoard extras: the forward-pass op graph (Keras 3 no longer writes one) and, per
+    epoch, an image of predictions on fixed validation tiles, also kept as a frame for
+    ``training.gif`` (the first tile)."""
+
+    def __init__(self, run_dir: Path, tiles: tuple[np.ndarray, np.ndarray], palette: np.ndarray):
+        super().__init__()
+        self.run_dir, self.tiles, self.palette = Path(run_dir), tiles, palette
+
+    def on_train_begin(self, logs=None):
+        import tensorflow as tf
+
+        self.writer = tf.summary.create_file_writer(str(self.run_dir / "images"))
+        x = self.tiles[0]
+        graph = tf.function(lambda batch: self.model(batch, training=False)).get_concrete_function(
+            tf.TensorSpec([None, x.shape[1], x.shape[2], x.shape[-1]], tf.float32)).graph
+        with tf.summary.create_file_writer(str(self.run_dir / "train")).as_default():
+            tf.summary.graph(graph)
+
+    def on_epoch_end(self, epoch, logs=None):
+        import tensorflow as tf
+
+        from .inference import hard_prediction
+
+        x, y = self.tiles
+        predictions = hard_prediction(np.asarray(self.model.predict_on_batch(x)))
+        grid = _image_grid(x, predictions, y[..., 0], self.palette)
+        with self.writer.as_default():
+            tf.summary.image("validation/input_prediction_truth", grid[None], step=epoch)
+        self.writer.flush()
+        save_png(self.run_dir / "frames" / f"epoch_{epoch + 1:04d}.png", grid[: x.shape[1]])
+
+    def on_train_end(self, logs=None):
+        self.writer.close()
