@@ -335,6 +335,8 @@ def test_a_training_set_of_one_image_is_refused_before_a_run_folder(tmp_path, ca
     (["--tta", "maybe"], "argument --tta: 'maybe' is not a boolean", 2),
     (["--dropout", "1.5"], "--dropout: 1.5 must be a number in [0, 1)", 1),
     (["--class-weights", "1,x"], "argument --class-weights: '1,x' is not a comma-separated list", 2),
+    (["--steps-per-epoch", "-1"], "--steps-per-epoch: -1 must be a non-negative integer", 1),
+    (["--learning-rate", "0"], "--learning-rate: 0.0 must be a number in [1e-12, 10]", 1),
 ])
 def test_invalid_training_options_stop_before_a_run_folder(sample, tmp_path, capsys, options, expected, code):
     got, err = run_cli(["train", "--data", sample / "tissue", "--npy-dir", tmp_path / "npy",
@@ -387,3 +389,20 @@ def test_config_rejects_unknown_values_at_construction():
         Config(precision="bf16")
     with pytest.raises(ConfigError, match="depth"):
         Config(depth=0)
+
+
+def test_a_demo_notebook_that_fails_is_one_line_pointing_to_the_executed_copy(tmp_path, capsys, monkeypatch):
+    import nbformat
+
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parents[1]))
+
+    notebook = nbformat.v4.new_notebook(metadata={"kernelspec": {"name": "python3", "language": "python",
+                                                                 "display_name": "Python 3"}})
+    parameters = nbformat.v4.new_code_cell("EPOCHS = 3")
+    parameters.metadata["tags"] = ["parameters"]
+    notebook.cells = [parameters, nbformat.v4.new_code_cell("from unet.config import Config\nConfig(epochs=EPOCHS)")]
+    nbformat.write(notebook, tmp_path / "study.ipynb")
+    code, err = run_cli(["demo", "--notebook", tmp_path / "study.ipynb", "--output", tmp_path / "out",
+                         "--tasks", "nuclei", "--set", "EPOCHS=0"], capsys)
+    assert code == 1 and "Unet-nuclei.ipynb: the nuclei notebook stopped in cell 3 with ConfigError: epochs: 0" in err
+    assert "ConfigError" in (tmp_path / "out" / "Unet-nuclei.ipynb").read_text()  # the traceback is kept there

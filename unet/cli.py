@@ -87,7 +87,7 @@ def _predict(args) -> int:
     if not args.images.is_dir():
         raise DataError(f"{args.images}: {'is a file, not' if args.images.exists() else 'no such'} folder "
                         "(--images takes a folder of images or a dataset folder)")
-    claim_output_folder(args.out, [args.images], {"images": str(args.images)})  # refused before the model loads
+    claim_output_folder(args.out, [args.images])  # refused before the model loads
     model, config = load_run_model(args.model)
     changes = {k: v for k, v in (("tile_size", args.tile_size), ("tile_overlap", args.tile_overlap),
                                  ("batch_size", args.batch_size), ("min_nucleus_area", args.min_area),

@@ -20,7 +20,12 @@ CHOICES = {  # fields with a fixed set of values
     "strategy": ("auto", "mirrored", "default"),
 }
 POSITIVE = ("image_size", "batch_size", "epochs", "base_filters", "depth", "tile_size")
-FRACTIONS = {"val_fraction": (0.0, 1.0), "dropout": (0.0, 1.0), "tile_overlap": (0.0, 1.0)}  # [low, high)
+NON_NEGATIVE = ("steps_per_epoch", "num_classes", "contact_width", "min_nucleus_area", "early_stopping_patience",
+                "reduce_lr_patience")
+FRACTIONS = {"val_fraction": (0.0, 1.0), "dropout": (0.0, 1.0), "tile_overlap": (0.0, 1.0),  # [low, high)
+             "min_class_share": (0.0, 1.0)}
+NUMBERS = {"learning_rate": (1e-12, 10.0), "dice_weight": (0.0, 1e3), "zoom_augment": (0.0, 10.0),  # [low, high]
+           "ignore_label": (0, 255)}
 
 
 class ConfigError(ValueError):
@@ -100,10 +105,18 @@ class Config:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(name, f"{value!r} must be a positive integer")
+        for name in NON_NEGATIVE:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ConfigError(name, f"{value!r} must be a non-negative integer")
         for name, (low, high) in FRACTIONS.items():
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value < high:
                 raise ConfigError(name, f"{value!r} must be a number in [{low:g}, {high:g})")
+        for name, (low, high) in NUMBERS.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+                raise ConfigError(name, f"{value!r} must be a number in [{low:g}, {high:g}]")
         stride = 2**self.depth
         for name in ("image_size", "tile_size"):
             if getattr(self, name) % stride:

@@ -123,8 +123,9 @@ def write_csv(path: str | Path, rows: list[dict], header: list[str]) -> None:
 PREDICTION_MARKER = "prediction.json"
 
 
-def claim_output_folder(out: str | Path, inputs, description: dict) -> Path:
-    """Make ``out`` ready for predictions, or refuse it with a DataError.
+def claim_output_folder(out: str | Path, inputs, description: dict | None = None) -> Path:
+    """Make ``out`` ready for predictions (marked with ``description``), or refuse it with a
+    DataError; without ``description`` only check, creating nothing.
 
     Refused: a folder that is, contains or lies inside one of the ``inputs`` (writing there
     would overwrite or mix with the data), and a folder holding ``images/`` or a ``masks/`` that
@@ -145,6 +146,8 @@ def claim_output_folder(out: str | Path, inputs, description: dict) -> Path:
     if (out / "images").is_dir() or ((out / "masks").is_dir() and not ours):
         raise DataError(f"{out}: holds images/ or masks/ that predict did not write (a dataset?); "
                         "choose an empty or new output folder")
+    if description is None:
+        return out
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out / PREDICTION_MARKER, json.dumps(description, indent=2) + "\n")
     return out

@@ -90,9 +90,13 @@ def run_demo(notebook: str | Path = "Unet.ipynb", output_dir: str | Path = "outp
         out.parent.mkdir(parents=True, exist_ok=True)
         start = time.perf_counter()
         print(f"=== {task}: executing {notebook} -> {out}", flush=True)
-        papermill.execute_notebook(str(notebook), str(out), parameters={"TASK": task, **(parameters or {})},
-                                   cwd=str(Path(notebook).resolve().parent), progress_bar=False, log_output=True,
-                                   kernel_name="python3")
+        try:
+            papermill.execute_notebook(str(notebook), str(out), parameters={"TASK": task, **(parameters or {})},
+                                       cwd=str(Path(notebook).resolve().parent), progress_bar=False,
+                                       log_output=True, kernel_name="python3")
+        except papermill.PapermillExecutionError as error:
+            raise DataError(f"{out}: the {task} notebook stopped in cell {error.exec_count} with {error.ename}: "
+                            f"{error.evalue} (the executed notebook holds the traceback)") from None
         print(f"=== {task}: done in {time.perf_counter() - start:.0f} s", flush=True)
         executed.append(out)
     return executed
