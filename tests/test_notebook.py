@@ -26,7 +26,7 @@ def small_sample(tmp_path_factory):
 
 @pytest.mark.parametrize("task", ["nuclei", "tissue"])
 def test_notebook_runs_headless_with_tiny_parameters(task, small_sample, tmp_path):
-    parameters = {"DATASET": "sample", "SAMPLE_DIR": str(small_sample), "IMAGE_SIZE": 64, "EPOCHS": 1,
+    parameters = {"DATASET": "synthetic", "SAMPLE_DIR": str(small_sample), "IMAGE_SIZE": 64, "EPOCHS": 1,
                   "STEPS_PER_EPOCH": 2, "BATCH_SIZE": 2, "BASE_FILTERS": 4, "DEPTH": 2, "RUN_NAME": "nb",
                   "LOGS_DIR": str(tmp_path / "logs"), "NPY_DIR": str(tmp_path / "npy"),
                   "OUTPUT_DIR": str(tmp_path / "output"), "LAUNCH_TENSORBOARD": False}

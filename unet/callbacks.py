@@ -13,6 +13,7 @@ import csv
 import json
 import math
 import shutil
+import time
 from pathlib import Path
 
 import keras
@@ -111,6 +112,19 @@ class ResumeBackup(keras.callbacks.Callback):
 
     def on_train_end(self, logs=None):
         shutil.rmtree(self.backup_dir, ignore_errors=True)
+
+
+class EpochLine(keras.callbacks.Callback):
+    """One short line per epoch: loss, validation loss and mean IoU, and the epoch's seconds."""
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        parts = [f"epoch {epoch + 1}/{self.params.get('epochs', '?')}"]
+        parts += [f"{key} {logs[key]:.4f}" for key in ("loss", "val_loss", "val_mean_iou") if key in logs]
+        print("  ".join(parts + [f"{time.perf_counter() - self.start:.0f} s"]), flush=True)
 
 
 def _image_grid(inputs, predictions, truths, palette):

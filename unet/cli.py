@@ -133,12 +133,20 @@ DEMO_PARAMETERS = {  # sized so that both tasks finish in about 10 minutes on 2 
 
 
 def _demo(args) -> int:
-    from .study import run_demo
+    import json
 
+    from .study import run_demo, summary_table
+
+    summaries = []
     for task in args.tasks:
-        parameters = {**DEMO_PARAMETERS[task], "LAUNCH_TENSORBOARD": False, **dict(args.set or [])}
+        parameters = {**DEMO_PARAMETERS[task], "LAUNCH_TENSORBOARD": False, "OUTPUT_DIR": str(args.output),
+                      **dict(args.set or [])}
         run_demo(args.notebook, args.output, tasks=[task], parameters=parameters)
-    print(f"executed notebooks: {args.output}/Unet-<task>.ipynb; runs under logs/, predictions under {args.output}/")
+        summary = Path(parameters["OUTPUT_DIR"]) / f"{task}-summary.json"
+        if summary.is_file():
+            summaries.append(json.loads(summary.read_text()))
+    print(f"\nexecuted notebooks: {args.output}/Unet-<task>.ipynb; runs under logs/, predictions under {args.output}/")
+    print(summary_table(summaries))
     print("view training: make tensorboard  (or: .venv/bin/tensorboard --logdir logs --host 127.0.0.1)")
     return 0
 

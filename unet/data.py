@@ -23,6 +23,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .io import DataError, is_image_file, list_images, open_image, read_rgb, to_rgb
+from .progress import bars_shown
 from .rle import read_rle_csv, rle_decode
 
 CACHE_VERSION = 3
@@ -204,8 +205,8 @@ def parallel_map(function, items, desc: str, workers: int | None = None, progres
         except DataError as error:
             return index, None, error.problems
 
-    with ThreadPoolExecutor(workers) as pool, tqdm(total=len(items), desc=desc, disable=not progress,
-                                                   leave=False) as bar:
+    with ThreadPoolExecutor(workers) as pool, tqdm(total=len(items), desc=desc, leave=False,
+                                                   disable=not progress or not bars_shown()) as bar:
         for index, value, error in pool.map(run, range(len(items))):
             results[index] = value
             problems += error or []

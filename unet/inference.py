@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from .progress import bars_shown
 from .training import model_input, normalize, resolve_color_mode
 
 
@@ -100,7 +101,7 @@ def predict_tiled(model, image: np.ndarray, tile_size: int = 256, overlap: float
                else "edge")
 
     total = weight_sum = None
-    bar = tqdm(total=len(starts), desc="tiles", disable=not progress, leave=False)
+    bar = tqdm(total=len(starts), desc="tiles", disable=not progress or not bars_shown(), leave=False)
     for first in range(0, len(starts), batch_size):
         chunk = starts[first:first + batch_size]
         batch = np.stack([x[y:y + tile_h, x0:x0 + tile_w] for y, x0 in chunk])
@@ -263,6 +264,7 @@ def predict_folder(model, config, dataset, out: str | Path, progress: bool = Tru
     Kaggle's ``submission.csv``. Returns the predicted label maps by id.
     """
     from .io import claim_output_folder, save_png, write_csv
+    from .progress import progress as show_progress
     from .rle import rle_encode_labels
     from .visuals import draw_classes, draw_instances, overlay_panel, write_gif
 
@@ -272,7 +274,7 @@ def predict_folder(model, config, dataset, out: str | Path, progress: bool = Tru
     palette = np.array(config.extra.get("palette") or [[0, 0, 0]], np.uint8)
     truths = dataset.instances if nuclei else dataset.masks
     predictions, table, submission, inputs, outputs = {}, [], [], [], []
-    for index in tqdm(range(len(dataset)), desc="predicting", disable=not progress):
+    for index in show_progress(range(len(dataset)), "predicting", enabled=progress):
         image_id, image = dataset.ids[index], np.asarray(dataset.images[index])
         _, labels = predict_image(model, config, image)
         predictions[image_id] = labels

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import logging
+import os
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from .data import detect_layout, find_splits
 from .io import DataError
+from .progress import LINES
 
 TASK_KINDS = {"nuclei": "dsb2018", "tissue": "tissue"}
+EMBEDDED_NUCLEI = Path(__file__).resolve().parents[1] / "sample" / "dsb2018"  # real, CC0: sample/PROVENANCE.md
 GET_REAL_DATA = """\
-To use real data, put it in dataset/ and run again:
+To use your own or the full data, put it in dataset/ and run again:
   nuclei: Kaggle "data-science-bowl-2018" (stage1_train.zip, stage1_test.zip, stage1_solution.csv)
           or BBBC038 (Broad Bioimage Benchmark Collection), unzipped to dataset/stage1_train/,
           dataset/stage1_test/ and dataset/stage1_solution.csv
@@ -21,17 +26,26 @@ To use real data, put it in dataset/ and run again:
 
 @dataclass
 class DataChoice:
-    """Where a study's data comes from."""
+    """Where a study's data comes from: ``origin`` is 'dataset' (the user's), 'sample' (the
+    embedded real DSB2018 sample) or 'synthetic'."""
 
     kind: str
     train_dir: Path
     test_dir: Path | None
-    synthetic: bool
+    origin: str
+
+    @property
+    def synthetic(self) -> bool:
+        return self.origin == "synthetic"
+
+    @property
+    def label(self) -> str:
+        return {"dataset": "real data", "sample": "REAL DSB2018 sample",
+                "synthetic": "SYNTHETIC sample (not real data)"}[self.origin]
 
     def describe(self) -> str:
-        origin = "SYNTHETIC sample (not real data)" if self.synthetic else "real data"
         test = f", test: {self.test_dir}" if self.test_dir else ", test: the validation split"
-        return f"{self.kind} from {origin}: train: {self.train_dir}{test}"
+        return f"{self.kind} from {self.label}: train: {self.train_dir}{test}"
 
 
 def _find_kind(folder: Path, kind: str) -> Path | None:
@@ -51,13 +65,14 @@ def choose_data(task: str, dataset: str = "auto", data_dir: str | Path = "datase
                 sample_dir: str | Path = "output/sample", seed: int = 0) -> DataChoice:
     """Resolve the notebook's DATASET parameter.
 
-    'auto': real data of the task's kind in ``data_dir`` (or a subfolder), else the synthetic
-    sample; 'sample': always the synthetic sample; 'dsb2018' / 'tissue': ``data_dir`` itself.
+    'auto': real data of the task's kind in ``data_dir`` (or a subfolder), else the embedded real
+    DSB2018 sample for nuclei and the synthetic sample (written to ``sample_dir``) for tissue;
+    'sample': the embedded sample (nuclei) or the synthetic one (tissue, which has no embedded
+    sample); 'synthetic': always the synthetic sample; 'dsb2018' / 'tissue': ``data_dir`` itself.
     """
     if task not in TASK_KINDS:
         raise ValueError(f"TASK must be 'nuclei' or 'tissue', not {task!r}")
-    kind = TASK_KINDS[task]
-    folder = None
+    kind, folder, origin = TASK_KINDS[task], None, "dataset"
     if dataset in ("dsb2018", "tissue"):
         folder = Path(data_dir)
         if detect_layout(folder) != dataset:
@@ -65,31 +80,106 @@ def choose_data(task: str, dataset: str = "auto", data_dir: str | Path = "datase
         kind = dataset
     elif dataset == "auto":
         folder = _find_kind(Path(data_dir), kind)
-    elif dataset != "sample":
-        raise ValueError(f"DATASET must be 'auto', 'sample', 'dsb2018' or 'tissue', not {dataset!r}")
-    synthetic = folder is None
-    if synthetic:
-        sample_dir = Path(sample_dir)
+    elif dataset not in ("sample", "synthetic"):
+        raise ValueError(f"DATASET must be 'auto', 'sample', 'synthetic', 'dsb2018' or 'tissue', not {dataset!r}")
+    if folder is None and dataset != "synthetic" and kind == "dsb2018" and EMBEDDED_NUCLEI.is_dir():
+        folder, origin = EMBEDDED_NUCLEI, "sample"
+    if folder is None:
+        sample_dir, origin = Path(sample_dir), "synthetic"
         if not (sample_dir / "dsb2018").is_dir() or not (sample_dir / "tissue").is_dir():
             from .synthetic import write_sample
 
             write_sample(sample_dir, seed=seed)
         folder = sample_dir / kind
     train, test = find_splits(folder) if kind == "dsb2018" else (folder, None)
-    return DataChoice(kind, train, test, synthetic)
+    return DataChoice(kind, train, test, origin)
+
+
+def start_tensorboard(logdir: str | Path, port: int = 6006):
+    """TensorBoard inside the notebook, started with this kernel's own ``tensorboard`` program.
+
+    The notebook extension runs ``tensorboard`` from PATH, which lacks ``.venv/bin`` when
+    JupyterLab was started as ``make lab`` (venv not activated); ``TENSORBOARD_BINARY`` names
+    the program explicitly. Returns the extension's display of the server.
+    """
+    import os
+    import sys
+
+    binary = Path(sys.executable).with_name("tensorboard")
+    if binary.is_file():
+        os.environ["TENSORBOARD_BINARY"] = str(binary)
+    from tensorboard import notebook
+
+    return notebook.start(f"--logdir {logdir} --host 127.0.0.1 --port {port}")
+
+
+def notebook_sections(notebook: str | Path, parameters_given: bool = True) -> dict[int, str]:
+    """{cell number as papermill counts it (1-based): section title} for the first code cell
+    of each ``## `` section. Papermill inserts a cell after the parameters cell when it is given
+    parameters, which shifts the later cells by one."""
+    import nbformat
+
+    cells = nbformat.read(str(notebook), as_version=4).cells
+    sections, title, shift = {}, None, 0
+    for index, cell in enumerate(cells):
+        if cell.cell_type == "markdown":
+            heading = next((line[3:].strip() for line in cell.source.splitlines() if line.startswith("## ")), None)
+            title = heading or title
+        elif title is not None:
+            sections[index + 1 + shift] = title
+            title = None
+        if parameters_given and "parameters" in cell.get("metadata", {}).get("tags", []):
+            shift = 1
+    return sections
+
+
+class _DemoLog(logging.Handler):
+    """Shows a headless notebook run in the terminal: the section being run and what the cells
+    print (one line per epoch, prediction progress); the kernel's stderr (library noise) is not shown."""
+
+    def __init__(self, task: str, sections: dict[int, str]):
+        super().__init__(logging.INFO)
+        self.task, self.sections = task, sections
+
+    def emit(self, record):
+        message = record.getMessage()
+        if message.startswith("Executing Cell"):
+            number = int(message.split()[2].strip("-"))
+            if number in self.sections:
+                print(f"[{self.task}] {self.sections[number]}", flush=True)
+        elif record.levelno == logging.INFO and not message.startswith(_NOT_SHOWN):
+            message = re.sub(r"\x1b\[[0-9;]*m", "", message).rstrip("\n")
+            if "━" in message:  # Keras's model summary table: its totals only
+                message = "\n".join(line for line in message.splitlines() if "params:" in line)
+            if message:
+                print(message, flush=True)
+
+
+_NOT_SHOWN = ("Ending Cell", "Input Notebook", "Output Notebook", "Executing notebook with kernel",
+              "Executing Cell", "Working directory", "<Figure size", "<IPython.core.display")
 
 
 def run_demo(notebook: str | Path = "Unet.ipynb", output_dir: str | Path = "output", tasks=("nuclei", "tissue"),
              parameters: dict | None = None) -> list[Path]:
-    """Execute the notebook headless (papermill) once per task; executed copies go to ``output_dir``."""
+    """Execute the notebook headless (papermill) once per task; executed copies go to ``output_dir``.
+
+    The terminal shows each section as it starts and what the cells print; each run's
+    ``<task>-summary.json`` (written by the notebook into its OUTPUT_DIR) feeds the closing table.
+    """
     import papermill
 
+    os.environ["UNET_PROGRESS"] = LINES  # the kernel inherits these: progress as lines, not bars,
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # and no TensorFlow C++ log lines on the terminal
+    logger = logging.getLogger("papermill")
     executed = []
     for task in tasks:
         out = Path(output_dir) / f"Unet-{task}.ipynb"
         out.parent.mkdir(parents=True, exist_ok=True)
         start = time.perf_counter()
         print(f"=== {task}: executing {notebook} -> {out}", flush=True)
+        handler = _DemoLog(task, notebook_sections(notebook))
+        logger.addHandler(handler)
+        previous_level, logger.level = logger.level, logging.INFO
         try:
             papermill.execute_notebook(str(notebook), str(out), parameters={"TASK": task, **(parameters or {})},
                                        cwd=str(Path(notebook).resolve().parent), progress_bar=False,
@@ -97,6 +187,20 @@ def run_demo(notebook: str | Path = "Unet.ipynb", output_dir: str | Path = "outp
         except papermill.PapermillExecutionError as error:
             raise DataError(f"{out}: the {task} notebook stopped in cell {error.exec_count} with {error.ename}: "
                             f"{error.evalue} (the executed notebook holds the traceback)") from None
+        finally:
+            logger.removeHandler(handler)
+            logger.setLevel(previous_level)
         print(f"=== {task}: done in {time.perf_counter() - start:.0f} s", flush=True)
         executed.append(out)
     return executed
+
+
+def summary_table(summaries: list[dict]) -> str:
+    """The closing table of ``make demo``: one row per task."""
+    header = ("task", "data", "images (train/val/test)", "training", "score", "pictures")
+    rows = [(s["task"], s["data"], "/".join(str(n) for n in s["images"]), f"{s['train_seconds']:.0f} s "
+             f"({s['epochs']} epochs)", f"{s['metric']} {s['score']:.3f} on {s['scored_images']} {s['scored_on']}",
+             s["pictures"]) for s in summaries]
+    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
+    return "\n".join("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip()
+                     for row in [header, *rows])

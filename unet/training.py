@@ -407,6 +407,7 @@ def precision_policy(name: str):
 
 def train(config: Config, train_set: Dataset, val_set: Dataset, verbose: int = 2, extra_callbacks=()) -> Run:
     """Train a U-Net; everything goes to ``logs/<run>/``. A run folder with a backup resumes.
+    ``verbose``: 0 silent, else one line per epoch.
 
     The settings and the data are checked before the run folder is created.
     """
@@ -453,14 +454,15 @@ def _fit(config: Config, train_set: Dataset, val_set: Dataset, precision: str, v
                       metrics=make_metrics(channels, class_names, config.ignore_label),
                       jit_compile=resolve_xla(config.xla))
 
-    callbacks = make_callbacks(run_dir, config, (val_x[:4], val_y[:4]), np.array(palette, np.uint8), extra_callbacks)
+    callbacks = make_callbacks(run_dir, config, (val_x[:4], val_y[:4]), np.array(palette, np.uint8),
+                               extra_callbacks, epoch_lines=bool(verbose))
     if verbose:
         print(f"run folder: {run_dir}  (precision {precision}, {strategy.num_replicas_in_sync} replica(s), "
               f"{steps} steps/epoch of {global_batch} crops {config.image_size}x{config.image_size})")
         print(f"watch it: tensorboard --logdir {run_dir.parent} --host 127.0.0.1")
     start = time.perf_counter()
     fit = model.fit(data, epochs=config.epochs, steps_per_epoch=steps, validation_data=validation,
-                    callbacks=callbacks, verbose=verbose, shuffle=False)
+                    callbacks=callbacks, verbose=0, shuffle=False)
     seconds = time.perf_counter() - start
     write_training_gif(run_dir)
     best_path, history_path = run_dir / "best.keras", run_dir / "history.csv"
@@ -470,14 +472,14 @@ def _fit(config: Config, train_set: Dataset, val_set: Dataset, precision: str, v
     return Run(run_dir, best, history, config, seconds)
 
 
-def make_callbacks(run_dir: Path, config: Config, tiles, palette, extra_callbacks=()) -> list:
+def make_callbacks(run_dir: Path, config: Config, tiles, palette, extra_callbacks=(), epoch_lines=True) -> list:
     """The run's callbacks, in an order that keeps the folder consistent when the process is
     killed: history and checkpoints are written before the resume backup (see ``callbacks``)."""
     import keras
 
-    from .callbacks import Checkpoints, HistoryLog, PredictionSnapshots, ResumeBackup
+    from .callbacks import Checkpoints, EpochLine, HistoryLog, PredictionSnapshots, ResumeBackup
 
-    return [
+    return [*([EpochLine()] if epoch_lines else []),
         HistoryLog(run_dir / "history.csv"),
         Checkpoints(run_dir, monitor="val_loss"),
         keras.callbacks.TensorBoard(str(run_dir), write_graph=True, update_freq="epoch"),
