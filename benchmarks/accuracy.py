@@ -36,20 +36,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 
 
-def time_budget(seconds: float):
-    import keras
-
-    class TimeBudget(keras.callbacks.Callback):
-        def on_train_begin(self, logs=None):
-            self.start = time.perf_counter()
-
-        def on_train_batch_end(self, batch, logs=None):
-            if time.perf_counter() - self.start > seconds:
-                self.model.stop_training = True
-
-    return TimeBudget()
-
-
 def keep_best_weights():
     """Restore, at the end of training, the weights of the epoch with the lowest validation loss."""
     import keras
@@ -79,7 +65,7 @@ def predict_labels(model, config, test_set) -> list:
 def run_project(config, train_set, val_set, test_set, seconds: float) -> tuple[list, dict]:
     from unet.training import train
 
-    run = train(config, train_set, val_set, verbose=2, extra_callbacks=[time_budget(seconds)])
+    run = train(config.replace(max_minutes=seconds / 60), train_set, val_set, verbose=2)
     return predict_labels(run.model, run.config, test_set), {
         "epochs": len(run.history["loss"]), "train_seconds": run.seconds, "run": str(run.run_dir)}
 
@@ -127,6 +113,7 @@ def run_starter(kind: str, num_classes: int, train_set, test_set, seconds: float
     from scipy import ndimage as ndi
     from skimage.transform import resize
 
+    from unet.callbacks import TimeBudget
     from unet.inference import relabel_instances
     from unet.training import precision_policy, resolve_precision
 
@@ -142,7 +129,7 @@ def run_starter(kind: str, num_classes: int, train_set, test_set, seconds: float
         y[y >= num_classes] = 0  # the starter knows no ignore label
         loss = "sparse_categorical_crossentropy"
     keras.utils.set_random_seed(seed)
-    callbacks = [time_budget(seconds), keep_best_weights()]
+    callbacks = [TimeBudget(seconds), keep_best_weights()]
     epochs = 10_000
     if schedule == "kaggle":
         epochs = 50
@@ -208,7 +195,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from unet.config import Config
-    from unet.data import detect_layout, load_from_config
+    from unet.data import detect_layout, load_from_config, split_for_training
     from unet.evaluation import evaluate_classes, evaluate_nuclei
     from unet.inference import load_run_model
     from unet.training import environment
@@ -226,7 +213,7 @@ def main() -> None:
                         run_name=f"accuracy-{kind}-{time.strftime('%Y%m%d-%H%M%S')}")
     config = config.replace(**config_changes(args.set))
     dataset = load_from_config(config, progress=False)
-    train_set, val_set = dataset.split(config.val_fraction, config.seed)
+    train_set, val_set = split_for_training(dataset, config)
     if args.test:
         test_set = load_from_config(config, args.test, progress=False)
         fit_set = dataset  # the starter trains on everything (its own 10% validation split inside)

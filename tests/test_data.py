@@ -312,3 +312,26 @@ def test_layout_detection_tells_a_dsb_folder_from_a_parent_of_tissue_folders(dsb
     with pytest.raises(DataError, match="neither"):
         detect_layout(tmp_path / "parent")
     assert detect_layout(dsb_dir) == "dsb2018" and detect_layout(dsb_dir.parent) == "dsb2018"
+
+
+def test_a_validation_list_fixes_the_split(dsb_dir, tmp_path):
+    from unet.config import Config
+    from unet.data import split_for_training
+
+    dataset = decode_dataset(dsb_dir, progress=False)
+    listing = tmp_path / "val.txt"
+    listing.write_text("# fixed validation ids\nccc  # the gray one\n\naaa\n")
+    train, val = split_for_training(dataset, Config(val_list=str(listing)))
+    assert val.ids == ["aaa", "ccc"] and train.ids == ["bbb"]
+    listing.write_text("aaa\nzzz\n")
+    with pytest.raises(DataError, match="1 validation id\\(s\\) not in the dataset, e.g. zzz"):
+        split_for_training(dataset, Config(val_list=str(listing)))
+    assert split_for_training(dataset, Config(seed=3))[1].ids == dataset.split(0.2, 3)[1].ids
+
+
+def test_the_committed_validation_list_is_stratified_by_modality():
+    listing = Path(__file__).resolve().parents[1] / "benchmarks" / "dsb2018_validation.txt"
+    text = listing.read_text()
+    ids = [line for line in text.splitlines() if line and not line.startswith("#")]
+    assert len(ids) == len(set(ids)) == 124 and all(len(i) == 64 for i in ids)
+    assert "# brightfield: 3 of 13" in text and "# colour: 19 of 97" in text and "# fluorescence: 102 of 508" in text

@@ -14,6 +14,7 @@ from unet.config import Config
 from unet.evaluation import class_scores, confusion_matrix, iou_matrix, nuclei_scores
 from unet.inference import (load_run_model, nuclei_from_probabilities, predict_image, predict_tiled,
                             relabel_instances, tile_layout)
+from unet.io import DataError
 from unet.losses import ConfusionMetric
 from unet.model import build_unet
 from unet.rle import read_rle_csv, rle_decode, rle_encode_labels
@@ -304,3 +305,53 @@ def test_resize_mode_predicts_at_the_training_size_and_returns_native_size():
     image = np.random.default_rng(3).integers(0, 255, (50, 70, 3), dtype=np.uint8)
     probabilities, labels = predict_image(model, config, image)
     assert probabilities.shape == (50, 70, 4) and labels.shape == (50, 70) and labels.dtype == np.uint8
+
+
+# ----------------------------------------------------------------------------- tuned thresholds
+
+def _dim_touching_disks():
+    """Probabilities of two touching nuclei whose interiors reach only 0.45, and their truth."""
+    shape = (40, 60)
+    truth = np.zeros(shape, np.uint16)
+    truth[disk(shape, (20, 20), 10)] = 1
+    truth[disk(shape, (20, 39), 10) & (truth == 0)] = 2
+    probabilities = np.zeros((*shape, 3), np.float32)
+    probabilities[..., 0] = 1.0
+    inner = disk(shape, (20, 20), 6) | disk(shape, (20, 39), 6)
+    probabilities[truth > 0] = (0.1, 0.2, 0.7)
+    probabilities[inner] = (0.1, 0.45, 0.45)
+    return probabilities, truth
+
+
+def test_thresholds_tuned_on_validation_beat_the_fixed_ones_and_reach_prediction(tmp_path):
+    from unet.tuning import apply_thresholds, tune_nuclei_thresholds
+
+    probabilities, truth = _dim_touching_disks()
+    config = Config(kind="dsb2018", min_nucleus_area=12)
+    tuned = tune_nuclei_thresholds([probabilities], [truth], config)
+    assert tuned["untuned_map"] < 0.5  # seeds at 0.5 miss both interiors: one merged blob
+    assert tuned["seed_threshold"] <= 0.4 and tuned["validation_map"] == 1.0
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "thresholds.json").write_text(json.dumps(tuned))
+    applied = apply_thresholds(config, run)
+    assert (applied.seed_threshold, applied.foreground_threshold) == (tuned["seed_threshold"],
+                                                                       tuned["foreground_threshold"])
+    from unet.inference import labels_from_probabilities
+
+    assert nuclei_scores(truth, labels_from_probabilities(probabilities, applied))["map"] == 1.0
+    (run / "thresholds.json").write_text("{}")
+    with pytest.raises(DataError, match="thresholds.json: not a thresholds file"):
+        apply_thresholds(config, run)
+
+
+def test_ties_keep_the_configured_thresholds():
+    from unet.tuning import tune_nuclei_thresholds
+
+    truth = np.zeros((30, 30), np.uint16)
+    truth[disk((30, 30), (15, 15), 8)] = 1
+    probabilities = np.zeros((30, 30, 3), np.float32)
+    probabilities[..., 0] = 1.0
+    probabilities[truth > 0] = (0.0, 1.0, 0.0)  # any threshold gives the same perfect answer
+    tuned = tune_nuclei_thresholds([probabilities], [truth], Config(kind="dsb2018"))
+    assert (tuned["seed_threshold"], tuned["foreground_threshold"], tuned["min_nucleus_area"]) == (0.5, 0.5, 12)

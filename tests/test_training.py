@@ -46,6 +46,10 @@ def test_two_epochs_lower_the_loss_and_log_to_tensorboard(sample, tmp_path, kind
     assert len(losses) == 2 and losses[1] < losses[0]
     for name in ("best.keras", "last.keras", "config.json", "history.csv", "training.gif"):
         assert (run.run_dir / name).is_file(), name
+    if kind == "dsb2018":  # post-processing thresholds chosen on the validation images
+        tuned = json.loads((run.run_dir / "thresholds.json").read_text())
+        assert tuned["images"] == len(val_set) and tuned["validation_map"] >= tuned["untuned_map"]
+        assert run.config.seed_threshold == tuned["seed_threshold"]
     saved = Config.load(run.run_dir / "config.json")
     assert run.model.input_shape[-1] == input_channels(saved) == (1 if kind == "dsb2018" else 3)
     assert saved.image_size == 64 and saved.extra["precision_used"] in ("float32", "mixed_bfloat16")
@@ -179,3 +183,13 @@ def test_mirrored_strategy_trains_on_two_logical_cpus(sample, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["replicas"] == 2 and np.isfinite(report["loss"][0])
+
+
+def test_a_time_budget_stops_training_cleanly_and_keeps_the_best_model(sample, tmp_path):
+    data = decode_dataset(sample / "dsb2018", progress=False)
+    train_set, val_set = data.split(0.34, seed=0)
+    config = tiny_config(tmp_path, epochs=50, steps_per_epoch=4, max_minutes=0.0001)  # spent after one batch
+    run = train(config, train_set, val_set, verbose=0)
+    assert read_history(run.run_dir / "history.csv")["epoch"] == [0.0]  # the epoch in progress ends, validated
+    assert (run.run_dir / "best.keras").is_file() and not (run.run_dir / "backup").exists()
+    assert json.loads((run.run_dir / "summary.json").read_text())["stopped_by_time_budget"] is True

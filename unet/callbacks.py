@@ -114,6 +114,22 @@ class ResumeBackup(keras.callbacks.Callback):
         shutil.rmtree(self.backup_dir, ignore_errors=True)
 
 
+class TimeBudget(keras.callbacks.Callback):
+    """Stop training once ``seconds`` of it have passed (checked after every batch). Keras then
+    ends the epoch, validates and calls the checkpoints as usual, so the best model is kept."""
+
+    def __init__(self, seconds: float):
+        super().__init__()
+        self.seconds, self.spent = seconds, False
+
+    def on_train_begin(self, logs=None):
+        self.start = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        if time.perf_counter() - self.start > self.seconds:
+            self.model.stop_training = self.spent = True
+
+
 class EpochLine(keras.callbacks.Callback):
     """One short line per epoch: loss, validation loss and mean IoU, and the epoch's seconds."""
 

@@ -62,7 +62,7 @@ def _config_from_args(args):
 
 
 def _train(args) -> int:
-    from .data import detect_layout, load_from_config
+    from .data import detect_layout, load_from_config, split_for_training
     from .training import train
     from .visuals import plot_curves
 
@@ -71,7 +71,7 @@ def _train(args) -> int:
         config = config.replace(kind=detect_layout(config.data_dir))
     dataset = load_from_config(config)
     print(dataset.summary())
-    train_set, val_set = dataset.split(config.val_fraction, config.seed)
+    train_set, val_set = split_for_training(dataset, config)
     run = train(config, train_set, val_set)
     plot_curves(run.history, run.run_dir / "curves.png")
     print(f"run folder: {run.run_dir} (best.keras, last.keras, config.json, history.csv, curves.png, training.gif)")

@@ -23,9 +23,9 @@ POSITIVE = ("image_size", "batch_size", "epochs", "base_filters", "depth", "tile
 NON_NEGATIVE = ("steps_per_epoch", "num_classes", "contact_width", "min_nucleus_area", "early_stopping_patience",
                 "reduce_lr_patience")
 FRACTIONS = {"val_fraction": (0.0, 1.0), "dropout": (0.0, 1.0), "tile_overlap": (0.0, 1.0),  # [low, high)
-             "min_class_share": (0.0, 1.0)}
+             "min_class_share": (0.0, 1.0), "seed_threshold": (0.0, 1.0), "foreground_threshold": (0.0, 1.0)}
 NUMBERS = {"learning_rate": (1e-12, 10.0), "dice_weight": (0.0, 1e3), "zoom_augment": (0.0, 10.0),  # [low, high]
-           "ignore_label": (0, 255)}
+           "ignore_label": (0, 255), "max_minutes": (0.0, 1e6)}
 
 
 class ConfigError(ValueError):
@@ -49,6 +49,7 @@ class Config:
     data_dir: str = "dataset"
     npy_dir: str = "npy"
     val_fraction: float = 0.2
+    val_list: str = ""  # a file of validation ids (one per line) instead of the seeded val_fraction split
     seed: int = 42
     mask_mode: str = "auto"  # tissue masks: 'auto', 'P', 'L' or 'RGB'
     stray: str = "error"  # tissue values outside the classes: 'error' or 'ignore'
@@ -76,6 +77,7 @@ class Config:
     class_weights: list[float] | None = None
     augment: bool = True
     zoom_augment: float = 0.25  # crops rescaled by a random factor in [1/(1+z), 1+z]; 0: none
+    max_minutes: float = 0.0  # training time budget: stop cleanly when spent (best model kept); 0: none
     early_stopping_patience: int = 12
     reduce_lr_patience: int = 5
     precision: str = "auto"  # 'auto', 'float32', 'mixed_bfloat16' or 'mixed_float16'
@@ -87,6 +89,9 @@ class Config:
     tile_overlap: float = 0.25
     tta: bool = True  # average the 8 flips and 90-degree rotations at prediction (8x the inference time)
     min_nucleus_area: int = 12
+    seed_threshold: float = 0.5  # nuclei: interior probability that makes a watershed seed
+    foreground_threshold: float = 0.5  # nuclei: interior + boundary probability that is nucleus
+    tune_thresholds: bool = True  # after training, choose the three above on the validation images
 
     # bookkeeping
     logs_dir: str = "logs"

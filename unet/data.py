@@ -69,6 +69,15 @@ class Dataset:
         n_val = min(max(n_val, 1 if len(self) > 1 else 0), len(self) - 1)
         return self.subset(sorted(order[n_val:])), self.subset(sorted(order[:n_val]))
 
+    def split_by_ids(self, val_ids) -> tuple["Dataset", "Dataset"]:
+        """(the other images, the images named in ``val_ids``); every listed id must exist."""
+        wanted = set(val_ids)
+        missing = sorted(wanted - set(self.ids))
+        if missing:
+            raise DataError(f"{self.source}: {len(missing)} validation id(s) not in the dataset, e.g. {missing[0]}")
+        val = [i for i, name in enumerate(self.ids) if name in wanted]
+        return self.subset([i for i in range(len(self)) if i not in set(val)]), self.subset(val)
+
     def class_shares(self) -> dict[str, float]:
         """Fraction of labelled pixels in each class (ignored pixels excluded)."""
         counts = np.zeros(256, np.int64)
@@ -727,3 +736,15 @@ def load_folder(path: str | Path, config, require_labels: bool = False) -> Datas
     if layout == "dsb2018":  # a root: its stage1_test, else its stage1_train
         path = next((p for p in (path / "stage1_test", path / "stage1_train") if p.is_dir()), path)
     return load_from_config(config.replace(kind=layout), path, require_labels=require_labels)
+
+
+def split_for_training(dataset: Dataset, config) -> tuple[Dataset, Dataset]:
+    """(training, validation) as the config says: the ids listed in ``config.val_list`` (a text
+    file, one id per line, '#' comments), else a seeded ``val_fraction`` split."""
+    if not config.val_list:
+        return dataset.split(config.val_fraction, config.seed)
+    path = Path(config.val_list)
+    if not path.is_file():
+        raise DataError(f"{path}: no such validation list (val_list)")
+    lines = (line.split("#", 1)[0].strip() for line in path.read_text().splitlines())
+    return dataset.split_by_ids([line for line in lines if line])

@@ -140,13 +140,15 @@ def relabel_instances(labels: np.ndarray, min_area: int) -> np.ndarray:
     return relabel_sequential(labels)[0].astype(np.uint16)
 
 
-def nuclei_from_probabilities(probabilities: np.ndarray, min_area: int = 12, threshold: float = 0.5) -> np.ndarray:
+def nuclei_from_probabilities(probabilities: np.ndarray, min_area: int = 12, seed_threshold: float = 0.5,
+                              foreground_threshold: float = 0.5) -> np.ndarray:
     """uint16 instance labels from nuclei probabilities.
 
-    3 channels (background, interior, boundary): interiors are the seeds, grown by watershed
-    over the foreground (interior + boundary); foreground without a seed becomes its own
-    nucleus. 1 channel (foreground): distance-transform watershed. Objects smaller than
-    ``min_area`` pixels are removed.
+    3 channels (background, interior, boundary): interiors above ``seed_threshold`` are the
+    seeds, grown by watershed over the foreground (interior + boundary above
+    ``foreground_threshold``); foreground without a seed becomes its own nucleus. 1 channel
+    (foreground): distance-transform watershed. Objects smaller than ``min_area`` pixels are
+    removed. A run's tuned values are in its ``thresholds.json`` (see ``tuning``).
     """
     from scipy import ndimage as ndi
     from skimage.feature import peak_local_max
@@ -155,13 +157,13 @@ def nuclei_from_probabilities(probabilities: np.ndarray, min_area: int = 12, thr
     probabilities = np.asarray(probabilities, np.float32)
     if probabilities.shape[-1] == 3:
         interior, boundary = probabilities[..., 1], probabilities[..., 2]
-        foreground = interior + boundary > threshold
-        seeds = ndi.label((interior > threshold) & foreground)[0]
+        foreground = interior + boundary > foreground_threshold
+        seeds = ndi.label((interior > seed_threshold) & foreground)[0]
         labels = watershed(-interior, markers=seeds, mask=foreground)
         orphans = ndi.label(foreground & (labels == 0))[0]
         labels = np.where(orphans > 0, orphans + labels.max(), labels)
     elif probabilities.shape[-1] == 1:
-        foreground = probabilities[..., 0] > threshold
+        foreground = probabilities[..., 0] > foreground_threshold
         distance = ndi.distance_transform_edt(foreground)
         components = ndi.label(foreground)[0]
         peaks = peak_local_max(ndi.gaussian_filter(distance, 1.0), min_distance=4, labels=components,
@@ -204,15 +206,29 @@ def load_run_model(path: str | Path):
                         f"{str(error).splitlines()[0] if str(error) else 'unreadable'})") from None
     if model.input_shape[-1] != (1 if resolve_color_mode(config) == "gray" else 3):  # runs from before color_mode
         config = config.replace(color_mode="gray" if model.input_shape[-1] == 1 else "rgb")
-    return model, config
+    from .tuning import apply_thresholds
+
+    return model, apply_thresholds(config, path.parent)
 
 
 def predict_image(model, config, image: np.ndarray, progress: bool = False):
-    """(probabilities, labels): nuclei instance map (uint16) or tissue class map (uint8).
+    """(probabilities, labels): nuclei instance map (uint16) or tissue class map (uint8)."""
+    probabilities = predict_probabilities(model, config, image, progress)
+    return probabilities, labels_from_probabilities(probabilities, config)
 
-    Native resolution through the tiler; a model trained in 'resize' mode sees the image resized
-    to its training size, and its probabilities are resized back.
-    """
+
+def labels_from_probabilities(probabilities: np.ndarray, config) -> np.ndarray:
+    """Nuclei instances with the config's thresholds, or the tissue class map."""
+    if config.kind == "dsb2018":
+        return nuclei_from_probabilities(probabilities, config.min_nucleus_area, config.seed_threshold,
+                                         config.foreground_threshold)
+    return hard_prediction(probabilities)
+
+
+def predict_probabilities(model, config, image: np.ndarray, progress: bool = False) -> np.ndarray:
+    """Class probabilities (H, W, C) of an image at native resolution, through the tiler; a model
+    trained in 'resize' mode sees the image resized to its training size, and its probabilities
+    are resized back."""
     image = model_input(image, resolve_color_mode(config))
     if config.input_mode == "resize":  # trained on images resized to image_size: predict at that size
         from skimage.transform import resize
@@ -224,9 +240,7 @@ def predict_image(model, config, image: np.ndarray, progress: bool = False):
     else:
         probabilities = predict_tiled(model, image, config.tile_size, config.tile_overlap, config.batch_size,
                                       config.tta, progress=progress)
-    if config.kind == "dsb2018":
-        return probabilities, nuclei_from_probabilities(probabilities, config.min_nucleus_area)
-    return probabilities, hard_prediction(probabilities)
+    return probabilities
 
 
 def _thumbnail(frame: np.ndarray, side: int = 512) -> np.ndarray:

@@ -418,7 +418,22 @@ def train(config: Config, train_set: Dataset, val_set: Dataset, verbose: int = 2
     run_dir = run_folder(config)
     precision = resolve_precision(config.precision)
     with run_lock(run_dir), precision_policy(precision):
-        return _fit(config.replace(run_name=run_dir.name), train_set, val_set, precision, verbose, extra_callbacks)
+        run = _fit(config.replace(run_name=run_dir.name), train_set, val_set, precision, verbose, extra_callbacks)
+        if run.config.kind == "dsb2018" and run.config.tune_thresholds:
+            tune_thresholds(run, val_set, verbose)
+    return run
+
+
+def tune_thresholds(run: "Run", val_set: Dataset, verbose: int = 2) -> None:
+    """Choose the run's post-processing thresholds on its validation images (``thresholds.json``)."""
+    from .tuning import TUNED, apply_thresholds, tune_run
+
+    tuned = tune_run(run.run_dir, run.model, run.config, val_set)
+    run.config = apply_thresholds(run.config, run.run_dir)
+    if verbose:
+        print(f"thresholds chosen on {tuned['images']} validation images: "
+              + ", ".join(f"{key} {tuned[key]:g}" for key in TUNED)
+              + f" (mAP {tuned['untuned_map']:.3f} -> {tuned['validation_map']:.3f}; thresholds.json)")
 
 
 def _fit(config: Config, train_set: Dataset, val_set: Dataset, precision: str, verbose: int, extra_callbacks) -> Run:
@@ -468,7 +483,11 @@ def _fit(config: Config, train_set: Dataset, val_set: Dataset, precision: str, v
     best_path, history_path = run_dir / "best.keras", run_dir / "history.csv"
     best = keras.saving.load_model(best_path, safe_mode=True, compile=False) if best_path.exists() else model
     history = read_history(history_path) if history_path.exists() else fit.history
-    write_text_atomic(run_dir / "summary.json", json.dumps({"seconds": seconds, "epochs": len(history.get("loss", []))}))
+    spent = any(getattr(callback, "spent", False) for callback in callbacks)
+    write_text_atomic(run_dir / "summary.json", json.dumps({"seconds": seconds, "epochs": len(history.get("loss", [])),
+                                                            "stopped_by_time_budget": spent}))
+    if verbose and spent:
+        print(f"time budget of {config.max_minutes:g} min spent: training stopped, best model kept")
     return Run(run_dir, best, history, config, seconds)
 
 
@@ -477,9 +496,10 @@ def make_callbacks(run_dir: Path, config: Config, tiles, palette, extra_callback
     killed: history and checkpoints are written before the resume backup (see ``callbacks``)."""
     import keras
 
-    from .callbacks import Checkpoints, EpochLine, HistoryLog, PredictionSnapshots, ResumeBackup
+    from .callbacks import Checkpoints, EpochLine, HistoryLog, PredictionSnapshots, ResumeBackup, TimeBudget
 
-    return [*([EpochLine()] if epoch_lines else []),
+    budget = [TimeBudget(config.max_minutes * 60)] if config.max_minutes else []
+    return [*([EpochLine()] if epoch_lines else []), *budget,
         HistoryLog(run_dir / "history.csv"),
         Checkpoints(run_dir, monitor="val_loss"),
         keras.callbacks.TensorBoard(str(run_dir), write_graph=True, update_freq="epoch"),
