@@ -46,6 +46,7 @@ def test_two_epochs_lower_the_loss_and_log_to_tensorboard(sample, tmp_path, kind
     assert len(losses) == 2 and losses[1] < losses[0]
     for name in ("best.keras", "last.keras", "config.json", "history.csv", "training.gif"):
         assert (run.run_dir / name).is_file(), name
+    assert "learning_rate" in read_history(run.run_dir / "history.csv")
     if kind == "dsb2018":  # post-processing thresholds chosen on the validation images
         tuned = json.loads((run.run_dir / "thresholds.json").read_text())
         assert tuned["images"] == len(val_set) and tuned["validation_map"] >= tuned["untuned_map"]

@@ -492,22 +492,25 @@ def _fit(config: Config, train_set: Dataset, val_set: Dataset, precision: str, v
 
 
 def make_callbacks(run_dir: Path, config: Config, tiles, palette, extra_callbacks=(), epoch_lines=True) -> list:
-    """The run's callbacks, in an order that keeps the folder consistent when the process is
-    killed: history and checkpoints are written before the resume backup (see ``callbacks``)."""
+    """The run's callbacks, in the order Keras calls them at each epoch's end: first those that
+    decide (early stopping, learning rate, whose value joins the logs), then those that write
+    (history and checkpoints), the resume backup last, so that a process killed at any moment
+    leaves a folder whose backup never runs ahead of its files (see ``callbacks``)."""
     import keras
 
     from .callbacks import Checkpoints, EpochLine, HistoryLog, PredictionSnapshots, ResumeBackup, TimeBudget
 
-    budget = [TimeBudget(config.max_minutes * 60)] if config.max_minutes else []
-    return [*([EpochLine()] if epoch_lines else []), *budget,
-        HistoryLog(run_dir / "history.csv"),
-        Checkpoints(run_dir, monitor="val_loss"),
-        keras.callbacks.TensorBoard(str(run_dir), write_graph=True, update_freq="epoch"),
-        PredictionSnapshots(run_dir, tiles, palette),
+    return [
+        *([TimeBudget(config.max_minutes * 60)] if config.max_minutes else []),
         keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.early_stopping_patience),
         keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=config.reduce_lr_patience,
                                           min_lr=1e-5),
         keras.callbacks.TerminateOnNaN(),
+        *([EpochLine()] if epoch_lines else []),
+        HistoryLog(run_dir / "history.csv"),
+        Checkpoints(run_dir, monitor="val_loss"),
+        keras.callbacks.TensorBoard(str(run_dir), write_graph=True, update_freq="epoch"),
+        PredictionSnapshots(run_dir, tiles, palette),
         ResumeBackup(run_dir / "backup"),
         *extra_callbacks,
     ]
