@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,9 +103,6 @@ def start_tensorboard(logdir: str | Path, port: int = 6006):
     JupyterLab was started as ``make lab`` (venv not activated); ``TENSORBOARD_BINARY`` names
     the program explicitly. Returns the extension's display of the server.
     """
-    import os
-    import sys
-
     binary = Path(sys.executable).with_name("tensorboard")
     if binary.is_file():
         os.environ["TENSORBOARD_BINARY"] = str(binary)
