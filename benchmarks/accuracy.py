@@ -154,14 +154,6 @@ def run_starter(kind: str, num_classes: int, train_set, test_set, seconds: float
                          "schedule": schedule}
 
 
-def image_group(image: np.ndarray) -> str:
-    """'colour', 'gray, dark background' (fluorescence) or 'gray, bright background' (brightfield)."""
-    image = np.asarray(image, np.float32)
-    if image.ndim == 3 and np.abs(np.diff(image, axis=2)).mean() > 1.0:
-        return "colour"
-    return "gray, bright background" if np.median(image) > 127 else "gray, dark background"
-
-
 def config_changes(settings: list[str]) -> dict:
     """{'key': value} from ['key=value', ...], each value parsed as the command line's --key would be."""
     from unet.config import Config
@@ -195,7 +187,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from unet.config import Config
-    from unet.data import detect_layout, load_from_config, split_for_training
+    from unet.data import detect_layout, load_from_config, modality, split_for_training
     from unet.evaluation import evaluate_classes, evaluate_nuclei
     from unet.inference import load_run_model
     from unet.training import environment
@@ -236,7 +228,7 @@ def main() -> None:
                                             args.starter_schedule)
         if kind == "dsb2018":
             summary, rows = evaluate_nuclei(test_set.ids, test_set.instances, predictions)
-            groups = [image_group(image) for image in test_set.images]
+            groups = [modality(image) for image in test_set.images]
             summary["map_by_group"] = {group: {"images": groups.count(group), "map": float(np.mean(
                 [row["map"] for row, g in zip(rows, groups) if g == group]))} for group in sorted(set(groups))}
         else:

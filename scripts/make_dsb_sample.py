@@ -20,16 +20,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from unet.data import modality  # noqa: E402
+
 TRAIN_QUOTA = {"fluorescence": 32, "brightfield": 2, "colour": 14}  # 48 training images
 TEST_QUOTA = {"fluorescence": 9, "colour": 3}  # 12 test images
-
-
-def modality(path: Path) -> str:
-    """'colour', 'brightfield' (gray, bright background) or 'fluorescence' (gray, dark background)."""
-    rgb = np.asarray(Image.open(path).convert("RGB"), np.float32)
-    if np.abs(np.diff(rgb, axis=2)).mean() > 1.0:
-        return "colour"
-    return "brightfield" if np.median(rgb) > 127 else "fluorescence"
 
 
 def draw(folder: Path, quota: dict[str, int], rng: np.random.Generator) -> list[str]:
@@ -40,7 +36,8 @@ def draw(folder: Path, quota: dict[str, int], rng: np.random.Generator) -> list[
         image = sample / "images" / f"{sample.name}.png"
         with Image.open(image) as opened:
             size = opened.size
-        strata[modality(image)][size].append(sample.name)
+            group = modality(np.asarray(opened.convert("RGB")))
+        strata[group][size].append(sample.name)
     chosen = []
     for group, count in quota.items():
         sizes = sorted(strata[group].items())

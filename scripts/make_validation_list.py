@@ -15,10 +15,11 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from make_dsb_sample import modality  # noqa: E402
+from unet.data import modality  # noqa: E402
 
 
 def main() -> None:
@@ -29,7 +30,8 @@ def main() -> None:
     args = parser.parse_args()
     groups: dict[str, list[str]] = {}
     for sample in sorted(p for p in args.train.iterdir() if p.is_dir()):
-        groups.setdefault(modality(sample / "images" / f"{sample.name}.png"), []).append(sample.name)
+        with Image.open(sample / "images" / f"{sample.name}.png") as image:
+            groups.setdefault(modality(np.asarray(image.convert("RGB"))), []).append(sample.name)
     rng = np.random.default_rng(args.seed)
     print(f"# validation ids: {args.fraction:.0%} of each modality of {args.train.name} "
           f"(scripts/make_validation_list.py, seed {args.seed})")

@@ -23,7 +23,7 @@ from PIL import Image, ImageSequence
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from unet.config import Config  # noqa: E402
-from unet.data import load_folder  # noqa: E402
+from unet.data import load_folder, modality  # noqa: E402
 from unet.io import open_image, save_png  # noqa: E402
 from unet.visuals import overlay_panel, write_gif  # noqa: E402
 
@@ -53,10 +53,6 @@ def zoomed_panel(image, prediction, truth, size: int = 160, zoom: int = 2) -> np
     return np.repeat(np.repeat(panel, zoom, axis=0), zoom, axis=1)
 
 
-def is_colour(image: np.ndarray) -> bool:
-    return float(np.abs(np.diff(np.asarray(image, np.float32), axis=2)).mean()) > 1.0
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output", type=Path, default=Path("output"), help="make demo's output folder")
@@ -67,7 +63,7 @@ def main() -> None:
     test = load_folder(Path(__file__).resolve().parents[1] / "sample" / "dsb2018", Config(), require_labels=True)
     rows = []
     for wanted in (False, True):  # a gray fluorescence image, then a colour one: the most nuclei of each
-        picks = [i for i, image in enumerate(test.images) if is_colour(image) == wanted]
+        picks = [i for i, image in enumerate(test.images) if (modality(image) == "colour") == wanted]
         index = max(picks, key=lambda i: int(np.asarray(test.instances[i]).max()))
         prediction = np.asarray(open_image(predictions / "masks" / f"{test.ids[index]}.png")).astype(np.int64)
         rows.append(zoomed_panel(np.asarray(test.images[index]), prediction, np.asarray(test.instances[index])))

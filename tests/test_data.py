@@ -335,3 +335,12 @@ def test_the_committed_validation_list_is_stratified_by_modality():
     ids = [line for line in text.splitlines() if line and not line.startswith("#")]
     assert len(ids) == len(set(ids)) == 124 and all(len(i) == 64 for i in ids)
     assert "# brightfield: 3 of 13" in text and "# colour: 19 of 97" in text and "# fluorescence: 102 of 508" in text
+
+
+def test_modality_groups_gray_fluorescence_brightfield_and_colour():
+    from unet.data import modality
+
+    dark, bright = np.full((8, 8, 3), 20, np.uint8), np.full((8, 8, 3), 220, np.uint8)
+    stained = bright.copy()
+    stained[..., 1] = 120  # a pink/purple H&E-like colour
+    assert [modality(dark), modality(bright), modality(stained)] == ["fluorescence", "brightfield", "colour"]

@@ -104,6 +104,15 @@ class Dataset:
         return "\n".join(lines)
 
 
+def modality(image) -> str:
+    """'colour' (H&E, colour brightfield), 'brightfield' (gray, bright background) or
+    'fluorescence' (gray, dark background): the groups DSB2018 results are reported by."""
+    rgb = np.asarray(image, np.float32)
+    if rgb.ndim == 3 and np.abs(np.diff(rgb[..., :3], axis=2)).mean() > 1.0:
+        return "colour"
+    return "brightfield" if np.median(rgb) > 127 else "fluorescence"
+
+
 # ----------------------------------------------------------------------------- layouts
 
 def detect_layout(path: str | Path) -> str:
