@@ -355,3 +355,22 @@ def test_ties_keep_the_configured_thresholds():
     probabilities[truth > 0] = (0.0, 1.0, 0.0)  # any threshold gives the same perfect answer
     tuned = tune_nuclei_thresholds([probabilities], [truth], Config(kind="dsb2018"))
     assert (tuned["seed_threshold"], tuned["foreground_threshold"], tuned["min_nucleus_area"]) == (0.5, 0.5, 12)
+
+
+def test_unlabelled_test_images_are_predicted_and_validation_is_scored_from_memory(tiny_sample, tmp_path):
+    import dataclasses
+
+    from unet.data import load_dataset
+    from unet.evaluation import evaluate_folder
+    from unet.study import predict_and_score
+
+    palette = [[0, 0, 0], [230, 25, 75], [60, 180, 75], [255, 225, 25]]
+    model, config = load_run_model(_fake_run(tmp_path, "tissue", 4, palette))
+    data = load_dataset(tiny_sample / "tissue", npy_dir=tmp_path / "npy", progress=False, verbose=False)
+    test_set, val_set = dataclasses.replace(data.subset([0]), masks=None), data.subset([1])
+    out = tmp_path / "out"
+    scored, summary, rows, confusion = predict_and_score(model, config.replace(tta=False), test_set, val_set, out)
+    assert scored is val_set and [row["image"] for row in rows] == val_set.ids
+    assert (out / "test" / "masks" / f"{test_set.ids[0]}.png").is_file()
+    on_disk, _, _ = evaluate_folder(out / "validation", val_set)  # the PNGs written say the same
+    assert summary["mean_iou"] == pytest.approx(on_disk["mean_iou"]) and confusion.sum() == 512 * 512

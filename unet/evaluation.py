@@ -155,6 +155,12 @@ def evaluate_folder(pred_dir, truth) -> tuple[dict, list[dict], np.ndarray | Non
              for i, p, t in zip(truth.ids, predictions, truth.masks) if p.shape[:2] != t.shape[:2]]
     if wrong:
         raise DataError(wrong)
+    return evaluate_labels(truth, predictions)
+
+
+def evaluate_labels(truth, predictions: list[np.ndarray]) -> tuple[dict, list[dict], np.ndarray | None]:
+    """(summary, per-image rows, confusion matrix or None) of label maps in ``truth``'s id order:
+    the DSB2018 score for nuclei, per-class IoU/Dice for tissue."""
     if truth.kind == "dsb2018":
         summary, rows = evaluate_nuclei(truth.ids, truth.instances, predictions)
         return summary, rows, None

@@ -96,6 +96,22 @@ def choose_data(task: str, dataset: str = "auto", data_dir: str | Path = "datase
     return DataChoice(kind, train, test, origin)
 
 
+def predict_and_score(model, config, test_set, val_set, out_dir: str | Path):
+    """Predict the test images into ``out_dir/test`` and score them. Unlabelled test images
+    (Kaggle's stage1_test without its solution) cannot be scored: the validation images are then
+    predicted into ``out_dir/validation`` and scored instead. Scores come from the predictions
+    in memory. Returns (the scored dataset, summary, per-image rows, confusion matrix or None)."""
+    from .evaluation import evaluate_labels
+    from .inference import predict_folder
+
+    out_dir = Path(out_dir)
+    scored_set, predictions = test_set, predict_folder(model, config, test_set, out_dir / "test")
+    if test_set.masks is None:
+        scored_set, predictions = val_set, predict_folder(model, config, val_set, out_dir / "validation")
+    summary, rows, confusion = evaluate_labels(scored_set, [predictions[i] for i in scored_set.ids])
+    return scored_set, summary, rows, confusion
+
+
 def start_tensorboard(logdir: str | Path, port: int = 6006):
     """TensorBoard inside the notebook, started with this kernel's own ``tensorboard`` program.
 
