@@ -127,10 +127,10 @@ def start_tensorboard(logdir: str | Path, port: int = 6006):
     return notebook.start(f"--logdir {logdir} --host 127.0.0.1 --port {port}")
 
 
-def notebook_sections(notebook: str | Path, parameters_given: bool = True) -> dict[int, str]:
+def notebook_sections(notebook: str | Path) -> dict[int, str]:
     """{cell number as papermill counts it (1-based): section title} for the first code cell
-    of each ``## `` section. Papermill inserts a cell after the parameters cell when it is given
-    parameters, which shifts the later cells by one."""
+    of each ``## `` section. ``run_demo`` always passes parameters, so papermill inserts a cell
+    after the parameters cell, which shifts the later cells by one."""
     import nbformat
 
     cells = nbformat.read(str(notebook), as_version=4).cells
@@ -142,7 +142,7 @@ def notebook_sections(notebook: str | Path, parameters_given: bool = True) -> di
         elif title is not None:
             sections[index + 1 + shift] = title
             title = None
-        if parameters_given and "parameters" in cell.get("metadata", {}).get("tags", []):
+        if "parameters" in cell.get("metadata", {}).get("tags", []):
             shift = 1
     return sections
 
