@@ -24,6 +24,7 @@ on the test folder, or on the deterministic 80:20 validation split when there is
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -55,25 +56,22 @@ def keep_best_weights():
     return KeepBest()
 
 
-def predict_labels(model, config, test_set) -> list:
-    """The project's label maps (nuclei instances or tissue classes) for every test image."""
-    from unet.inference import predict_image
-
-    return [predict_image(model, config, np.asarray(image))[1] for image in test_set.images]
-
-
 def run_project(config, train_set, val_set, test_set, seconds: float) -> tuple[list, dict]:
+    """The user's path: ``train`` (time budget, tuned thresholds), then ``study.score``."""
+    from unet.study import score
     from unet.training import train
 
     run = train(config.replace(max_minutes=seconds / 60), train_set, val_set, verbose=2)
-    return predict_labels(run.model, run.config, test_set), {
-        "epochs": len(run.history["loss"]), "train_seconds": run.seconds, "run": str(run.run_dir)}
+    return score(run, test_set)[0], {"epochs": len(run.history["loss"]), "train_seconds": run.seconds,
+                                     "run": str(run.run_dir)}
 
 
-def score_saved(model, config, test_set) -> tuple[list, dict]:
-    """Predictions of a saved project model on ``test_set`` (no training)."""
-    return predict_labels(model, config, test_set), {
-        "epochs": 0, "train_seconds": 0.0, "run": config.run_name, "tta": config.tta}
+def score_saved(run, test_set) -> tuple[list, dict]:
+    """Predictions of a saved project run on ``test_set`` (no training)."""
+    from unet.study import score
+
+    return score(run, test_set)[0], {"epochs": 0, "train_seconds": 0.0, "run": run.config.run_name,
+                                     "tta": run.config.tta}
 
 
 def starter_unet(channels: int, num_classes: int):
@@ -114,8 +112,8 @@ def run_starter(kind: str, num_classes: int, train_set, test_set, seconds: float
     from skimage.transform import resize
 
     from unet.callbacks import TimeBudget
-    from unet.inference import relabel_instances
-    from unet.training import precision_policy, resolve_precision
+    from unet.device import precision_policy, resolve_precision
+    from unet.nuclei import relabel_instances
 
     size = (128, 128)
     x = np.stack([resize(np.asarray(im), size, preserve_range=True, anti_aliasing=True) for im in train_set.images])
@@ -154,6 +152,25 @@ def run_starter(kind: str, num_classes: int, train_set, test_set, seconds: float
                          "schedule": schedule}
 
 
+def size_group(image) -> str:
+    """The image's size class by its longer side: DSB2018 has 256-360, 512-696 and 1000-1388 px."""
+    side = max(np.asarray(image).shape[:2])
+    return "small (<500 px)" if side < 500 else "medium (500-999 px)" if side < 1000 else "large (>=1000 px)"
+
+
+def nuclei_report(test_set, predictions) -> dict:
+    """The DSB2018 summary of ``predictions`` with mAP by modality and by image size."""
+    from unet.dataset import modality
+    from unet.evaluation import evaluate_nuclei
+
+    summary, rows = evaluate_nuclei(test_set.ids, test_set.instances, predictions)
+    for key, group_of in (("map_by_group", modality), ("map_by_size", size_group)):
+        groups = [group_of(image) for image in test_set.images]
+        summary[key] = {group: {"images": groups.count(group), "map": float(np.mean(
+            [row["map"] for row, g in zip(rows, groups) if g == group]))} for group in sorted(set(groups))}
+    return summary
+
+
 def config_changes(settings: list[str]) -> dict:
     """{'key': value} from ['key=value', ...], each value parsed as the command line's --key would be."""
     from unet.config import Config
@@ -187,14 +204,15 @@ def main() -> None:
     args = parser.parse_args()
 
     from unet.config import Config
-    from unet.data import detect_layout, load_from_config, modality, split_for_training
-    from unet.evaluation import evaluate_classes, evaluate_nuclei
-    from unet.inference import load_run_model
-    from unet.training import environment
+    from unet.data import detect_layout, load_from_config, split_for_training
+    from unet.evaluation import evaluate_classes
+    from unet.device import environment
+    from unet.run import Run
 
     kind = detect_layout(args.train)
     if args.evaluate:  # the saved run's settings (its seed and split included)
-        saved_model, config = load_run_model(args.evaluate)
+        saved = Run.load(args.evaluate)
+        config = saved.config
         if config.kind != kind:
             raise SystemExit(f"--evaluate {args.evaluate}: a {config.kind} model, but {args.train} holds {kind} data")
         config = config.replace(data_dir=args.train, stray=args.stray)
@@ -220,17 +238,14 @@ def main() -> None:
     for name in [args.only] if args.only else ["project", "starter"]:
         start = time.perf_counter()
         if name == "project" and args.evaluate:
-            predictions, info = score_saved(saved_model, config, test_set)
+            predictions, info = score_saved(dataclasses.replace(saved, config=config), test_set)
         elif name == "project":
             predictions, info = run_project(config, train_set, val_set, test_set, seconds)
         else:
             predictions, info = run_starter(kind, dataset.num_classes, fit_set, test_set, seconds, args.seed,
                                             args.starter_schedule)
         if kind == "dsb2018":
-            summary, rows = evaluate_nuclei(test_set.ids, test_set.instances, predictions)
-            groups = [modality(image) for image in test_set.images]
-            summary["map_by_group"] = {group: {"images": groups.count(group), "map": float(np.mean(
-                [row["map"] for row, g in zip(rows, groups) if g == group]))} for group in sorted(set(groups))}
+            summary = nuclei_report(test_set, predictions)
         else:
             summary, _, _ = evaluate_classes(test_set.ids, test_set.masks, predictions, test_set.class_names)
             summary.pop("confusion")

@@ -34,8 +34,8 @@ print(json.dumps({{"seconds": seconds, "images": len(dataset), "pixels": pixels,
 def measure(folder: str, npy: str, workers: int | None = None) -> dict:
     code = CHILD.format(root=str(ROOT), folder=folder, npy=npy)
     if workers:
-        code = code.replace("import unet.data as data", "import unet.data as data\n"
-                            f"_pm = data.parallel_map\ndata.parallel_map = lambda *a, **k: _pm(*a, **{{**k, 'workers': {workers}}})")
+        code = code.replace("import unet.data as data", f"import unet.data as data\nimport unet.progress\n"
+                            f"unet.progress.DECODE_WORKERS = {workers}")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return json.loads(result.stdout.strip().splitlines()[-1])
 

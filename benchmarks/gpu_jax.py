@@ -74,10 +74,12 @@ def main() -> None:
     import keras
 
     from throughput import synthetic_arrays
-    from unet.inference import predict_tiled
+    from unet.device import precision_policy
     from unet.losses import SegmentationLoss, make_metrics
     from unet.model import build_unet, forward_flops
-    from unet.training import boundary_target, precision_policy
+    from unet.nuclei import boundary_target
+    from unet.preprocess import normalize
+    from unet.tiling import model_predictor, model_stride, predict_tiled
 
     devices = jax.devices()
     print(f"devices: {[d.device_kind for d in devices]}; JAX {jax.__version__}, Keras {keras.__version__} "
@@ -121,10 +123,11 @@ def main() -> None:
     rng = np.random.default_rng(0)
     for height, width in [(256, 256), (256, 320), (520, 696), (1024, 1024), (1040, 1388)]:
         image = rng.integers(0, 255, (height, width, 3), dtype=np.uint8)
-        predict_tiled(inference_model, image, tile_size=256, overlap=0.25, batch_size=8)  # compile
+        predict_fn, stride = model_predictor(inference_model), model_stride(inference_model)
+        predict_tiled(predict_fn, normalize(image), 256, 0.25, 8, stride)  # compile
         start = time.perf_counter()
         for _ in range(3):
-            predict_tiled(inference_model, image, tile_size=256, overlap=0.25, batch_size=8)
+            predict_tiled(predict_fn, normalize(image), 256, 0.25, 8, stride)
         seconds = (time.perf_counter() - start) / 3
         print(f"  {height}x{width:<5}: {seconds * 1e3:7.1f} ms/image, {height * width / seconds / 1e6:6.1f} MP/s")
         results["inference"].append({"size": f"{height}x{width}", "seconds": seconds,

@@ -85,8 +85,9 @@ def train_project(base: int, images, instances, steps: int, epochs: int) -> dict
     from unet.config import Config
     from unet.losses import SegmentationLoss, make_metrics
     from unet.model import build_unet
-    from unet.training import (boundary_target, make_train_dataset, precision_policy, prepare_arrays,
-                               resolve_precision)
+    from unet.device import precision_policy, resolve_precision
+    from unet.nuclei import boundary_target
+    from unet.pipeline import make_train_dataset, prepare_arrays
 
     config = Config(image_size=256, batch_size=8, base_filters=base, steps_per_epoch=steps, epochs=epochs,
                     color_mode="rgb")  # 3 input channels, as the baseline
@@ -109,8 +110,8 @@ def train_naive(base: int, images, instances, epochs: int) -> dict:
     """float32, model.fit on NumPy arrays, BCE + accuracy, Keras's own layers (unfused batch norm)."""
     import keras
 
+    from unet.device import precision_policy
     from unet.model import build_unet
-    from unet.training import precision_policy
 
     x = np.stack(images).astype(np.float32) / 255.0
     y = (np.stack(instances) > 0).astype(np.float32)[..., None]
@@ -128,17 +129,19 @@ def train_naive(base: int, images, instances, epochs: int) -> dict:
 def inference_speed(model, sizes, repeats: int = 2) -> list[dict]:
     """Seconds per image through the tiler (tile 256, overlap 0.25, batch 8) and the FLOPs it
     runs: every tile's forward pass, the overlaps and the padding included."""
-    from unet.inference import model_stride, predict_tiled, tile_layout
     from unet.model import forward_flops
+    from unet.preprocess import normalize
+    from unet.tiling import model_predictor, model_stride, predict_tiled, tile_layout
 
     rows = []
     rng = np.random.default_rng(0)
     for height, width in sizes:
         image = rng.integers(0, 255, (height, width, 3), dtype=np.uint8)
-        predict_tiled(model, image, tile_size=256, overlap=0.25, batch_size=8)  # warm-up
+        predict_fn, stride = model_predictor(model), model_stride(model)
+        predict_tiled(predict_fn, normalize(image), 256, 0.25, 8, stride)  # warm-up
         start = time.perf_counter()
         for _ in range(repeats):
-            predict_tiled(model, image, tile_size=256, overlap=0.25, batch_size=8)
+            predict_tiled(predict_fn, normalize(image), 256, 0.25, 8, stride)
         seconds = (time.perf_counter() - start) / repeats
         layout = tile_layout(height, width, 256, 0.25, model_stride(model))
         executed = len(layout["starts"]) * forward_flops(model, *layout["tile"]) / 1e9
@@ -150,8 +153,8 @@ def inference_speed(model, sizes, repeats: int = 2) -> list[dict]:
 
 def worker(args) -> dict:
     """One measurement in this (fresh) process: 'peak', 'project', 'naive' or 'inference'."""
+    from unet.device import precision_policy, resolve_precision
     from unet.model import build_unet, forward_flops
-    from unet.training import precision_policy, resolve_precision
 
     if args.worker == "peak":
         return {p: conv_peak_gflops(p) for p in dict.fromkeys(["float32", resolve_precision("auto")])}
@@ -204,7 +207,7 @@ def main() -> None:
         print("RESULT " + json.dumps(worker(args), default=str))
         return
 
-    from unet.training import environment
+    from unet.device import environment
 
     env = environment()
     print(f"machine: {os.cpu_count()} cores, GPUs: {env['gpus'] or 'none'}, TF {env['tensorflow']}, "

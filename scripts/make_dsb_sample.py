@@ -22,7 +22,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from unet.data import modality  # noqa: E402
+from unet.dataset import modality  # noqa: E402
 
 TRAIN_QUOTA = {"fluorescence": 32, "brightfield": 2, "colour": 14}  # 48 training images
 TEST_QUOTA = {"fluorescence": 9, "colour": 3}  # 12 test images

@@ -19,7 +19,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from unet.data import modality  # noqa: E402
+from unet.dataset import modality  # noqa: E402
 
 
 def main() -> None:

@@ -23,7 +23,8 @@ from PIL import Image, ImageSequence
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from unet.config import Config  # noqa: E402
-from unet.data import load_folder, modality  # noqa: E402
+from unet.data import load_folder  # noqa: E402
+from unet.dataset import modality  # noqa: E402
 from unet.io import open_image, save_png  # noqa: E402
 from unet.visuals import overlay_panel, write_gif  # noqa: E402
 

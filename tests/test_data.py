@@ -338,7 +338,7 @@ def test_the_committed_validation_list_is_stratified_by_modality():
 
 
 def test_modality_groups_gray_fluorescence_brightfield_and_colour():
-    from unet.data import modality
+    from unet.dataset import modality
 
     dark, bright = np.full((8, 8, 3), 20, np.uint8), np.full((8, 8, 3), 220, np.uint8)
     stained = bright.copy()

@@ -12,14 +12,22 @@ from conftest import disk
 from unet.cli import main as cli
 from unet.config import Config
 from unet.evaluation import class_scores, confusion_matrix, iou_matrix, nuclei_scores
-from unet.inference import (load_run_model, nuclei_from_probabilities, predict_image, predict_tiled,
-                            relabel_instances, tile_layout)
+from unet.device import precision_policy
+from unet.inference import predict_image, predictor
 from unet.io import DataError
 from unet.losses import ConfusionMetric
 from unet.model import build_unet
+from unet.nuclei import boundary_target, nuclei_from_probabilities, relabel_instances
+from unet.preprocess import Preprocessor, normalize
 from unet.rle import read_rle_csv, rle_decode, rle_encode_labels
+from unet.run import Run
 from unet.synthetic import write_sample
-from unet.training import boundary_target, input_channels, normalize, precision_policy
+from unet.tiling import model_stride, predict_tiled, tile_layout
+
+
+def tiled_prediction(model, image, tta=False, **options):
+    """The model's probabilities of a whole image through the tiler, as prediction runs it."""
+    return predict_tiled(predictor(model, tta), normalize(image), stride=model_stride(model), **options)
 
 
 @pytest.fixture(autouse=True)
@@ -32,8 +40,8 @@ def test_tiled_equals_untiled_when_the_overlap_covers_the_receptive_field():
     keras.utils.set_random_seed(0)
     model = build_unet(3, 3, base_filters=4, depth=1)
     image = np.random.default_rng(0).integers(0, 255, (80, 112, 3), dtype=np.uint8)
-    whole = predict_tiled(model, image, tile_size=512)  # one pass
-    tiled = predict_tiled(model, image, tile_size=64, overlap=0.75, batch_size=3)  # 2 x 4 tiles
+    whole = tiled_prediction(model, image, tile_size=512)  # one pass
+    tiled = tiled_prediction(model, image, tile_size=64, overlap=0.75, batch_size=3)  # 2 x 4 tiles
     assert whole.shape == tiled.shape == (80, 112, 3)
     np.testing.assert_allclose(tiled, whole, atol=2e-5)
     # and the untiled pass is the model itself on the image
@@ -44,8 +52,8 @@ def test_tiled_equals_untiled_when_the_overlap_covers_the_receptive_field():
 def test_tiled_is_close_to_untiled_for_a_default_depth_unet():
     model = build_unet(3, 1, base_filters=2, depth=4)
     image = np.random.default_rng(1).integers(0, 255, (100, 130, 3), dtype=np.uint8)
-    whole = predict_tiled(model, image, tile_size=256)
-    tiled = predict_tiled(model, image, tile_size=64, overlap=0.5)
+    whole = tiled_prediction(model, image, tile_size=256)
+    tiled = tiled_prediction(model, image, tile_size=64, overlap=0.5)
     assert np.abs(tiled - whole).mean() < 0.02
 
 
@@ -68,7 +76,7 @@ def test_tile_layout_covers_the_padded_image(height, width, expected_tiles):
 def test_identity_model_through_the_tiler_reproduces_its_input(tta):
     identity = keras.Sequential([keras.Input((None, None, 3)), layers.Identity()])
     image = np.random.default_rng(2).integers(0, 255, (50, 77, 3), dtype=np.uint8)
-    out = predict_tiled(identity, image, tile_size=16, overlap=0.5, tta=tta)
+    out = tiled_prediction(identity, image, tta, tile_size=16, overlap=0.5)
     np.testing.assert_allclose(out, normalize(image), atol=1e-5)
 
 
@@ -201,7 +209,7 @@ def _fake_run(tmp_path, kind, channels, palette):
     keras.utils.set_random_seed(1)
     config = Config(kind=kind, head="boundary" if kind == "dsb2018" else "multiclass", num_classes=channels,
                     tile_size=64, extra={"palette": palette})
-    build_unet(input_channels(config), channels, base_filters=2, depth=2).save(run / "best.keras")
+    build_unet(Preprocessor.for_config(config).channels, channels, base_filters=2, depth=2).save(run / "best.keras")
     config.save(run / "config.json")
     return run / "best.keras"
 
@@ -213,9 +221,9 @@ def test_a_run_saved_before_color_mode_loads_with_rgb_input(tmp_path):
     values = Config(kind="dsb2018", head="boundary", num_classes=3).to_dict()
     del values["color_mode"]
     (run / "config.json").write_text(json.dumps(values))
-    model, config = load_run_model(run / "best.keras")
-    assert config.color_mode == "rgb"
-    probabilities, labels = predict_image(model, config, np.zeros((20, 24, 3), np.uint8))
+    loaded = Run.load(run / "best.keras")
+    assert loaded.config.color_mode == "rgb"
+    probabilities, labels = loaded.predict(np.zeros((20, 24, 3), np.uint8))
     assert probabilities.shape == (20, 24, 3) and labels.shape == (20, 24)
 
 
@@ -298,8 +306,6 @@ def test_evaluate_names_missing_predictions(tiny_sample, tmp_path, capsys):
 
 
 def test_resize_mode_predicts_at_the_training_size_and_returns_native_size():
-    from unet.inference import predict_image
-
     model = build_unet(3, 4, base_filters=2, depth=2)
     config = Config(kind="tissue", input_mode="resize", image_size=32)
     image = np.random.default_rng(3).integers(0, 255, (50, 70, 3), dtype=np.uint8)
@@ -337,9 +343,9 @@ def test_thresholds_tuned_on_validation_beat_the_fixed_ones_and_reach_prediction
     applied = apply_thresholds(config, run)
     assert (applied.seed_threshold, applied.foreground_threshold) == (tuned["seed_threshold"],
                                                                        tuned["foreground_threshold"])
-    from unet.inference import labels_from_probabilities
+    from unet.tasks import task_for
 
-    assert nuclei_scores(truth, labels_from_probabilities(probabilities, applied))["map"] == 1.0
+    assert nuclei_scores(truth, task_for("nuclei").labels(probabilities, applied))["map"] == 1.0
     (run / "thresholds.json").write_text("{}")
     with pytest.raises(DataError, match="thresholds.json: not a thresholds file"):
         apply_thresholds(config, run)
@@ -361,15 +367,15 @@ def test_unlabelled_test_images_are_predicted_and_validation_is_scored_from_memo
     import dataclasses
 
     from unet.data import load_dataset
-    from unet.evaluation import evaluate_folder
+    from unet.outputs import evaluate_folder
     from unet.study import predict_and_score
 
     palette = [[0, 0, 0], [230, 25, 75], [60, 180, 75], [255, 225, 25]]
-    model, config = load_run_model(_fake_run(tmp_path, "tissue", 4, palette))
+    run = Run.load(_fake_run(tmp_path, "tissue", 4, palette))
     data = load_dataset(tiny_sample / "tissue", npy_dir=tmp_path / "npy", progress=False, verbose=False)
     test_set, val_set = dataclasses.replace(data.subset([0]), masks=None), data.subset([1])
     out = tmp_path / "out"
-    scored, summary, rows, confusion = predict_and_score(model, config.replace(tta=False), test_set, val_set, out)
+    scored, summary, rows, confusion = predict_and_score(run.with_settings(tta=False), test_set, val_set, out)
     assert scored is val_set and [row["image"] for row in rows] == val_set.ids
     assert (out / "test" / "masks" / f"{test_set.ids[0]}.png").is_file()
     on_disk, _, _ = evaluate_folder(out / "validation", val_set)  # the PNGs written say the same

@@ -5,7 +5,7 @@ from keras import layers
 
 from unet.losses import ConfusionMetric, SegmentationLoss, SMOOTH
 from unet.model import FusedBatchNormalization, build_unet, conv_block, decoder_block, encoder_block, forward_flops
-from unet.training import boundary_target
+from unet.nuclei import boundary_target
 
 
 def test_conv_block_is_conv_bn_relu_twice():
@@ -23,7 +23,7 @@ def test_fused_batch_norm_matches_keras(precision):
     """Same outputs, gradients and moving statistics as Keras's layer, in training and inference."""
     import tensorflow as tf
 
-    from unet.training import precision_policy
+    from unet.device import precision_policy
 
     x = np.random.default_rng(0).normal(3.0, 2.0, (4, 6, 5, 3)).astype(np.float32)
     with precision_policy(precision):

@@ -174,21 +174,21 @@ def test_predict_never_writes_into_its_input_or_over_ground_truth(sample, tissue
 
 
 def test_runs_started_in_the_same_second_get_their_own_folders(tmp_path, monkeypatch):
-    from unet import training
+    from unet import run as runs
 
-    monkeypatch.setattr(training.time, "strftime", lambda fmt: "20260101-120000")
+    monkeypatch.setattr(runs.time, "strftime", lambda fmt: "20260101-120000")
     config = Config(logs_dir=str(tmp_path / "logs"))
-    folders = [training.run_folder(config) for _ in range(3)]
+    folders = [runs.run_folder(config) for _ in range(3)]
     assert [f.name for f in folders] == ["dsb2018-20260101-120000", "dsb2018-20260101-120000-2",
                                          "dsb2018-20260101-120000-3"]
     named = config.replace(run_name=folders[0].name)
-    with training.run_lock(folders[0]):
+    with runs.run_lock(folders[0]):
         with pytest.raises(DataError, match="another training process"):
-            with training.run_lock(training.run_folder(named)):
+            with runs.run_lock(runs.run_folder(named)):
                 pass
     (folders[0] / "summary.json").write_text("{}")
     with pytest.raises(DataError, match="holds a finished run"):
-        training.run_folder(named)
+        runs.run_folder(named)
 
 
 KILL_SCRIPT = textwrap.dedent("""
@@ -219,8 +219,8 @@ KILL_SCRIPT = textwrap.dedent("""
 
 
 def test_a_kill_between_checkpoint_and_backup_loses_nothing(sample, tmp_path):
-    from unet.inference import load_run_model
-    from unet.training import read_history, train
+    from unet.run import Run, read_history
+    from unet.training import train
 
     script = tmp_path / "kill.py"
     script.write_text(KILL_SCRIPT)
@@ -242,7 +242,7 @@ def test_a_kill_between_checkpoint_and_backup_loses_nothing(sample, tmp_path):
     assert history["epoch"] == [0.0, 1.0, 2.0, 3.0]  # each epoch once, the killed one redone
     best = json.loads((run / "best.json").read_text())
     assert best["value"] == pytest.approx(min(history["val_loss"]))
-    assert resumed.model is not None and load_run_model(run / "best.keras")[0] is not None
+    assert resumed.model is not None and Run.load(run / "best.keras").model is not None
     assert not (run / "backup").exists()
 
 
@@ -299,7 +299,7 @@ def test_an_unwritable_cache_folder_is_one_line(sample, tmp_path, capsys, monkey
     def read_only(*args, **kwargs):
         raise PermissionError(errno.EACCES, "Permission denied", str(tmp_path / "npy2"))
 
-    monkeypatch.setattr(data, "_write_cache", read_only)
+    monkeypatch.setattr(data.cache, "write_cache", read_only)
     code, err = run_cli(["train", "--data", sample / "dsb2018", "--npy-dir", tmp_path / "npy2",
                          "--logs-dir", tmp_path / "logs"], capsys)
     assert code == 1 and "Permission denied" in err

@@ -10,8 +10,10 @@ import pytest
 from unet.config import Config
 from unet.data import decode_dataset
 from unet.synthetic import write_sample
-from unet.training import (CropSampler, input_channels, make_train_dataset, model_input, normalize, read_history,
-                           train)
+from unet.pipeline import CropSampler, make_train_dataset
+from unet.preprocess import Preprocessor, model_input, normalize
+from unet.run import read_history
+from unet.training import train
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +54,7 @@ def test_two_epochs_lower_the_loss_and_log_to_tensorboard(sample, tmp_path, kind
         assert tuned["images"] == len(val_set) and tuned["validation_map"] >= tuned["untuned_map"]
         assert run.config.seed_threshold == tuned["seed_threshold"]
     saved = Config.load(run.run_dir / "config.json")
-    assert run.model.input_shape[-1] == input_channels(saved) == (1 if kind == "dsb2018" else 3)
+    assert run.model.input_shape[-1] == Preprocessor.for_config(saved).channels == (1 if kind == "dsb2018" else 3)
     assert saved.image_size == 64 and saved.extra["precision_used"] in ("float32", "mixed_bfloat16")
 
     train_events, val_events = _event_tags(run.run_dir / "train"), _event_tags(run.run_dir / "validation")
@@ -153,10 +155,11 @@ def test_gray_model_input_shows_bright_objects_on_dark():
 
 
 def test_color_mode_auto_is_gray_for_nuclei_and_rgb_for_tissue():
-    assert input_channels(Config(kind="dsb2018")) == 1 and input_channels(Config(kind="tissue")) == 3
-    assert input_channels(Config(kind="tissue", color_mode="gray")) == 1
+    assert Preprocessor.for_config(Config(kind="dsb2018")).channels == 1
+    assert Preprocessor.for_config(Config(kind="tissue")).channels == 3
+    assert Preprocessor.for_config(Config(kind="tissue", color_mode="gray")).channels == 1
     with pytest.raises(ValueError, match="color_mode"):
-        input_channels(Config(color_mode="hsv"))
+        Preprocessor.for_config(Config(color_mode="hsv"))
 
 
 def test_normalize_uses_the_whole_image_range():

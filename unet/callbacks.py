@@ -173,10 +173,10 @@ class PredictionSnapshots(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         import tensorflow as tf
 
-        from .inference import hard_prediction
+        from .tasks import class_map
 
         x, y = self.tiles
-        predictions = hard_prediction(np.asarray(self.model.predict_on_batch(x)))
+        predictions = class_map(np.asarray(self.model.predict_on_batch(x)))
         grid = _image_grid(x, predictions, y[..., 0], self.palette)
         with self.writer.as_default():
             tf.summary.image("validation/input_prediction_truth", grid[None], step=epoch)

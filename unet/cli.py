@@ -81,23 +81,22 @@ def _train(args) -> int:
 
 def _predict(args) -> int:
     from .data import load_folder
-    from .inference import load_run_model, predict_folder
     from .io import claim_output_folder
+    from .outputs import predict_folder, written_files
+    from .run import Run
 
     if not args.images.is_dir():
         raise DataError(f"{args.images}: {'is a file, not' if args.images.exists() else 'no such'} folder "
                         "(--images takes a folder of images or a dataset folder)")
     claim_output_folder(args.out, [args.images])  # refused before the model loads
-    model, config = load_run_model(args.model)
+    run = Run.load(args.model)
     changes = {k: v for k, v in (("tile_size", args.tile_size), ("tile_overlap", args.tile_overlap),
                                  ("batch_size", args.batch_size), ("min_nucleus_area", args.min_area),
-                                 ("npy_dir", args.npy_dir)) if v is not None}
-    config = config.replace(tta=config.tta if args.tta is None else args.tta, **changes)
-    dataset = load_folder(args.images, config)
-    predict_folder(model, config, dataset, args.out, progress=not args.quiet, inputs=[args.images])
-    written = "masks/, overlays/, input.gif, output.gif" + (", nuclei.csv, submission.csv"
-                                                             if config.kind == "dsb2018" else "")
-    print(f"{len(dataset)} images predicted into {args.out}: {written}")
+                                 ("npy_dir", args.npy_dir), ("tta", args.tta)) if v is not None}
+    run = run.with_settings(**changes)
+    dataset = load_folder(args.images, run.config)
+    predict_folder(run, dataset, args.out, progress=not args.quiet, inputs=[args.images])
+    print(f"{len(dataset)} images predicted into {args.out}: {written_files(run.config.kind)}")
     return 0
 
 
@@ -106,8 +105,9 @@ def _evaluate(args) -> int:
 
     from .config import Config
     from .data import detect_layout, load_folder
-    from .evaluation import evaluate_folder, format_table
+    from .evaluation import format_table
     from .io import write_csv, write_text_atomic
+    from .outputs import evaluate_folder
     from .visuals import plot_confusion
 
     kind = detect_layout(args.truth) if args.kind == "auto" else args.kind
@@ -164,7 +164,9 @@ def _parameter(text: str):
 
 
 def _add_data_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--kind", default="auto", choices=["auto", "dsb2018", "tissue"])
+    from .config import CHOICES
+
+    parser.add_argument("--kind", default="auto", choices=["auto", *CHOICES["kind"]])
     parser.add_argument("--mask-mode", default="auto", choices=["auto", "P", "L", "RGB"],
                         help="tissue mask format (default: detected)")
     parser.add_argument("--stray", default="error", choices=["error", "ignore"],

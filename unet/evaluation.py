@@ -129,39 +129,3 @@ def format_table(summary: dict) -> str:
         elif not isinstance(value, list):
             lines.append(f"  {key:<35} {value}")
     return "\n".join(lines)
-
-
-def read_predictions(folder, ids) -> list[np.ndarray]:
-    """``<folder>/masks/<id>.png`` for each id (label values as stored, 'P' as indices)."""
-    from pathlib import Path
-
-    from .io import DataError, open_image
-
-    folder = Path(folder)
-    missing = [str(folder / "masks" / f"{i}.png") for i in ids if not (folder / "masks" / f"{i}.png").is_file()]
-    if missing:
-        raise DataError([f"{m}: no prediction for this ground-truth image" for m in missing])
-    return [np.asarray(open_image(folder / "masks" / f"{i}.png")) for i in ids]
-
-
-def evaluate_folder(pred_dir, truth) -> tuple[dict, list[dict], np.ndarray | None]:
-    """Score the predictions in ``pred_dir`` against a labelled Dataset."""
-    if truth.masks is None:
-        raise ValueError(f"{truth.source}: no ground truth to evaluate against")
-    predictions = read_predictions(pred_dir, truth.ids)
-    from .io import DataError
-
-    wrong = [f"{pred_dir}/masks/{i}.png: size {p.shape[1]}x{p.shape[0]} differs from the truth {t.shape[1]}x{t.shape[0]}"
-             for i, p, t in zip(truth.ids, predictions, truth.masks) if p.shape[:2] != t.shape[:2]]
-    if wrong:
-        raise DataError(wrong)
-    return evaluate_labels(truth, predictions)
-
-
-def evaluate_labels(truth, predictions: list[np.ndarray]) -> tuple[dict, list[dict], np.ndarray | None]:
-    """(summary, per-image rows, confusion matrix or None) of label maps in ``truth``'s id order:
-    the DSB2018 score for nuclei, per-class IoU/Dice for tissue."""
-    if truth.kind == "dsb2018":
-        summary, rows = evaluate_nuclei(truth.ids, truth.instances, predictions)
-        return summary, rows, None
-    return evaluate_classes(truth.ids, truth.masks, predictions, truth.class_names)

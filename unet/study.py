@@ -11,11 +11,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .data import detect_layout, find_splits
-from .io import DataError
+from .io import DataError, write_text_atomic
 from .progress import LINES
+from .tasks import TASKS, task_for
 
-TASK_KINDS = {"nuclei": "dsb2018", "tissue": "tissue"}
-EMBEDDED_NUCLEI = Path(__file__).resolve().parents[1] / "sample" / "dsb2018"  # real, CC0: sample/PROVENANCE.md
+EMBEDDED_SAMPLES = {"dsb2018": Path(__file__).resolve().parents[1] / "sample" / "dsb2018"}  # real, CC0: sample/PROVENANCE.md
 GET_REAL_DATA = """\
 To use your own or the full data, put it in dataset/ and run again:
   nuclei: Kaggle "data-science-bowl-2018" (stage1_train.zip, stage1_test.zip, stage1_solution.csv)
@@ -71,10 +71,10 @@ def choose_data(task: str, dataset: str = "auto", data_dir: str | Path = "datase
     'sample': the embedded sample (nuclei) or the synthetic one (tissue, which has no embedded
     sample); 'synthetic': always the synthetic sample; 'dsb2018' / 'tissue': ``data_dir`` itself.
     """
-    if task not in TASK_KINDS:
+    if task not in [t.name for t in TASKS]:
         raise ValueError(f"TASK must be 'nuclei' or 'tissue', not {task!r}")
-    kind, folder, origin = TASK_KINDS[task], None, "dataset"
-    if dataset in ("dsb2018", "tissue"):
+    kind, folder, origin = task_for(task).kind, None, "dataset"
+    if dataset in [t.kind for t in TASKS]:
         folder = Path(data_dir)
         if detect_layout(folder) != dataset:
             raise DataError(f"{folder}: not a {dataset} dataset")
@@ -83,8 +83,9 @@ def choose_data(task: str, dataset: str = "auto", data_dir: str | Path = "datase
         folder = _find_kind(Path(data_dir), kind)
     elif dataset not in ("sample", "synthetic"):
         raise ValueError(f"DATASET must be 'auto', 'sample', 'synthetic', 'dsb2018' or 'tissue', not {dataset!r}")
-    if folder is None and dataset != "synthetic" and kind == "dsb2018" and EMBEDDED_NUCLEI.is_dir():
-        folder, origin = EMBEDDED_NUCLEI, "sample"
+    embedded = EMBEDDED_SAMPLES.get(kind)
+    if folder is None and dataset != "synthetic" and embedded is not None and embedded.is_dir():
+        folder, origin = embedded, "sample"
     if folder is None:
         sample_dir, origin = Path(sample_dir), "synthetic"
         if not (sample_dir / "dsb2018").is_dir() or not (sample_dir / "tissue").is_dir():
@@ -92,24 +93,45 @@ def choose_data(task: str, dataset: str = "auto", data_dir: str | Path = "datase
 
             write_sample(sample_dir, seed=seed)
         folder = sample_dir / kind
-    train, test = find_splits(folder) if kind == "dsb2018" else (folder, None)
+    train, test = find_splits(folder)
     return DataChoice(kind, train, test, origin)
 
 
-def predict_and_score(model, config, test_set, val_set, out_dir: str | Path):
+def predict_and_score(run, test_set, val_set, out_dir: str | Path):
     """Predict the test images into ``out_dir/test`` and score them. Unlabelled test images
     (Kaggle's stage1_test without its solution) cannot be scored: the validation images are then
     predicted into ``out_dir/validation`` and scored instead. Scores come from the predictions
     in memory. Returns (the scored dataset, summary, per-image rows, confusion matrix or None)."""
-    from .evaluation import evaluate_labels
-    from .inference import predict_folder
+    from .outputs import predict_folder
 
     out_dir = Path(out_dir)
-    scored_set, predictions = test_set, predict_folder(model, config, test_set, out_dir / "test")
+    scored_set, predictions = test_set, predict_folder(run, test_set, out_dir / "test")
     if test_set.masks is None:
-        scored_set, predictions = val_set, predict_folder(model, config, val_set, out_dir / "validation")
-    summary, rows, confusion = evaluate_labels(scored_set, [predictions[i] for i in scored_set.ids])
+        scored_set, predictions = val_set, predict_folder(run, val_set, out_dir / "validation")
+    summary, rows, confusion = run.task.score(scored_set, [predictions[i] for i in scored_set.ids])
     return scored_set, summary, rows, confusion
+
+
+def score(run, test_set) -> tuple[list, dict, list[dict]]:
+    """(label maps, summary, per-image rows) of ``run`` on a labelled dataset, in memory (no files):
+    what the benchmarks measure, through the same prediction as ``predict_and_score``."""
+    predictions = [run.predict(image)[1] for image in test_set.images]
+    summary, rows, _ = run.task.score(test_set, predictions)
+    return predictions, summary, rows
+
+
+def write_study_summary(path: str | Path, task: str, choice: "DataChoice", run, sizes: list[int], scored_set,
+                        val_set, summary: dict, rows: list[dict], pictures: str | Path) -> dict:
+    """``<task>-summary.json``: one line of ``make demo``'s closing table (see ``summary_table``)."""
+    import json
+
+    study = {"task": task, "data": choice.label, "images": sizes, "train_seconds": run.seconds,
+             "epochs": len(run.history.get("loss", [])), "metric": run.task.metric,
+             "score": summary[run.task.score_key], "scored_images": len(rows),
+             "scored_on": "validation images" if scored_set is val_set else "test images",
+             "pictures": str(pictures), "run": str(run.run_dir)}
+    write_text_atomic(path, json.dumps(study, indent=2) + "\n")
+    return study
 
 
 def start_tensorboard(logdir: str | Path, port: int = 6006):

@@ -24,7 +24,7 @@ def mean_map(probabilities: list[np.ndarray], truths: list[np.ndarray], seed: fl
              min_area: int) -> float:
     """Mean DSB2018 score over images of the nuclei these thresholds give."""
     from .evaluation import nuclei_scores
-    from .inference import nuclei_from_probabilities
+    from .nuclei import nuclei_from_probabilities
 
     return float(np.mean([nuclei_scores(truth, nuclei_from_probabilities(p, min_area, seed, foreground))["map"]
                           for p, truth in zip(probabilities, truths)]))
@@ -51,14 +51,15 @@ def tune_nuclei_thresholds(probabilities: list[np.ndarray], truths: list[np.ndar
             "searched": [{**dict(zip(TUNED, key)), "map": value} for key, value in sorted(scores.items())]}
 
 
-def tune_run(run_dir: Path, model, config, val_set) -> dict:
-    """Predict the validation images, tune, and write ``thresholds.json`` into the run folder."""
+def tune_run(run, val_set) -> dict:
+    """Predict the validation images with ``run`` (a :class:`~unet.run.Run`), tune, and write
+    ``thresholds.json`` into its folder."""
     from .inference import predict_probabilities
     from .io import write_text_atomic
 
-    probabilities = [predict_probabilities(model, config, np.asarray(image)) for image in val_set.images]
-    result = tune_nuclei_thresholds(probabilities, [np.asarray(t) for t in val_set.instances], config)
-    write_text_atomic(Path(run_dir) / THRESHOLDS_FILE, json.dumps(result, indent=2) + "\n")
+    probabilities = [predict_probabilities(run.model, run.config, np.asarray(image)) for image in val_set.images]
+    result = tune_nuclei_thresholds(probabilities, [np.asarray(t) for t in val_set.instances], run.config)
+    write_text_atomic(Path(run.run_dir) / THRESHOLDS_FILE, json.dumps(result, indent=2) + "\n")
     return result
 
 

@@ -1,0 +1,167 @@
+"""The training input pipeline: random native-resolution crops (tf.data), photometric
+augmentation, and the fixed validation tiles."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .preprocess import Preprocessor, normalize
+
+
+def pad_to(array: np.ndarray, size: int) -> np.ndarray:
+    """Mirror-pad height and width up to ``size`` (for images smaller than a crop)."""
+    array = np.asarray(array)
+    while array.shape[0] < size or array.shape[1] < size:
+        pad_h = min(max(0, size - array.shape[0]), array.shape[0])
+        pad_w = min(max(0, size - array.shape[1]), array.shape[1])
+        pads = [(pad_h // 2, pad_h - pad_h // 2), (pad_w // 2, pad_w - pad_w // 2)] + [(0, 0)] * (array.ndim - 2)
+        array = np.pad(array, pads, mode="symmetric")
+    return array
+
+
+def prepare_arrays(images, targets, config):
+    """Images as the model sees them (the config's :class:`Preprocessor`, not yet normalised),
+    their intensity ranges, and in 'resize' mode the resized images and targets."""
+    preprocessor = Preprocessor.for_config(config)
+    prepared = [preprocessor.prepare(image) for image in images]
+    images, ranges = [image for image, _ in prepared], [value_range for _, value_range in prepared]
+    if config.input_mode == "resize":
+        from skimage.transform import resize
+
+        size = (config.image_size, config.image_size)
+        images = [resize(np.asarray(im), size, preserve_range=True, anti_aliasing=True).round().astype(np.uint8)
+                  for im in images]
+        targets = [resize(np.asarray(t), size, order=0, preserve_range=True, anti_aliasing=False).astype(np.uint8)
+                   for t in targets]
+    return list(images), list(targets), ranges
+
+
+class CropSampler:
+    """Endless random crops at native resolution, with flips and 90-degree rotations.
+
+    Images are drawn with probability proportional to their area, so every pixel is equally
+    likely to be seen; each crop is normalized with its whole image's intensity range.
+    """
+
+    def __init__(self, images, targets, ranges, size: int, seed: int, augment: bool = True, zoom: float = 0.0):
+        self.images, self.targets, self.ranges = images, targets, ranges
+        self.size, self.augment, self.zoom = size, augment, zoom
+        areas = np.array([im.shape[0] * im.shape[1] for im in images], np.float64)
+        self.weights = areas / areas.sum()
+        self.rng = np.random.default_rng(seed)
+
+    def _window(self) -> int:
+        """The side cut from the image: ``size``, or size/zoom for a random zoom (resized to size)."""
+        if not (self.augment and self.zoom > 0):
+            return self.size
+        zoom = float(np.exp(self.rng.uniform(-np.log1p(self.zoom), np.log1p(self.zoom))))
+        return max(8, int(round(self.size / zoom)))
+
+    def crop(self, index: int):
+        image, target, window = self.images[index], self.targets[index], self._window()
+        if image.shape[0] < window or image.shape[1] < window:
+            image, target = pad_to(np.asarray(image), window), pad_to(np.asarray(target), window)
+        y = int(self.rng.integers(0, image.shape[0] - window + 1))
+        x = int(self.rng.integers(0, image.shape[1] - window + 1))
+        image = normalize(image[y:y + window, x:x + window], self.ranges[index])
+        target = np.asarray(target[y:y + window, x:x + window])
+        if window != self.size:
+            from skimage.transform import resize
+
+            image = resize(image, (self.size, self.size), order=1, anti_aliasing=False).astype(np.float32)
+            target = resize(target, (self.size, self.size), order=0, preserve_range=True,
+                            anti_aliasing=False).astype(target.dtype)
+        if self.augment:
+            k = int(self.rng.integers(4))
+            image, target = np.rot90(image, k), np.rot90(target, k)
+            if self.rng.random() < 0.5:
+                image, target = image[:, ::-1], target[:, ::-1]
+        return np.ascontiguousarray(image), np.ascontiguousarray(target)[..., None]
+
+    def __iter__(self):
+        while True:
+            yield self.crop(int(self.rng.choice(len(self.images), p=self.weights)))
+
+
+def photometric_augment(images, seed):
+    """Random brightness, contrast and, for colour images, per-channel stain gains.
+
+    ``seed`` is a stateless-RNG seed pair (the pipeline passes (config seed, batch number)).
+    """
+    import tensorflow as tf
+
+    n = tf.shape(images)[0]
+    seeds = tf.random.experimental.stateless_split(seed, 3)
+    contrast = tf.random.stateless_uniform([n, 1, 1, 1], seeds[0], 0.75, 1.25)
+    brightness = tf.random.stateless_uniform([n, 1, 1, 1], seeds[1], -0.1, 0.1)
+    gains = tf.random.stateless_uniform([n, 1, 1, tf.shape(images)[-1]], seeds[2], 0.9, 1.1)
+    spread = tf.reduce_max(tf.abs(images - tf.reduce_mean(images, axis=-1, keepdims=True)), axis=[1, 2, 3],
+                           keepdims=True)
+    gains = tf.where(spread > 0.02, gains, tf.ones_like(gains))  # gray images stay gray
+    mean = tf.reduce_mean(images, axis=[1, 2, 3], keepdims=True)
+    return ((images - mean) * contrast + mean + brightness) * gains
+
+
+def make_train_dataset(images, targets, ranges, config, global_batch: int):
+    """Repeated tf.data pipeline: crops -> batch -> photometric augmentation -> prefetch."""
+    import tensorflow as tf
+
+    size, channels = config.image_size, np.asarray(images[0]).shape[-1]
+    sampler = CropSampler(images, targets, ranges, size, config.seed, config.augment, config.zoom_augment)
+    dataset = tf.data.Dataset.from_generator(
+        lambda: iter(sampler),
+        output_signature=(tf.TensorSpec((size, size, channels), tf.float32), tf.TensorSpec((size, size, 1), tf.uint8)))
+    dataset = dataset.batch(global_batch, drop_remainder=True)
+    if config.augment:
+        dataset = dataset.enumerate().map(
+            lambda step, batch: (photometric_augment(batch[0], tf.stack([tf.constant(config.seed, tf.int64), step])),
+                                 batch[1]),
+            num_parallel_calls=2)
+    return without_autotune(dataset.prefetch(2))
+
+
+def make_validation_dataset(tiles, global_batch: int):
+    """The fixed validation tiles as a cached tf.data pipeline."""
+    import tensorflow as tf
+
+    return without_autotune(tf.data.Dataset.from_tensor_slices(tiles).batch(global_batch).cache().prefetch(2))
+
+
+def without_autotune(dataset):
+    """``dataset`` with tf.data autotuning off and no auto-sharding.
+
+    The autotuner's optimisation thread sleeps in doubling periods (up to a minute) and an
+    iterator's teardown waits for it: measured here, 4-19 s lost at the end of each ``fit``.
+    The crops are cheap, so fixed parallelism and a 2-batch prefetch keep the model fed.
+    """
+    import tensorflow as tf
+
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+    return dataset.with_options(options)
+
+
+def validation_tiles(images, targets, ranges, size: int, max_tiles: int = 64):
+    """A fixed set of non-overlapping tiles covering the validation images (arrays)."""
+    xs, ys = [], []
+    for image, target, value_range in zip(images, targets, ranges):
+        image, target = pad_to(np.asarray(image), size), pad_to(np.asarray(target), size)
+        for y in range(0, image.shape[0] - size + 1, size):
+            for x in range(0, image.shape[1] - size + 1, size):
+                xs.append(normalize(image[y:y + size, x:x + size], value_range))
+                ys.append(target[y:y + size, x:x + size, None])
+    if len(xs) > max_tiles:
+        keep = np.linspace(0, len(xs) - 1, max_tiles).round().astype(int)
+        xs, ys = [xs[i] for i in keep], [ys[i] for i in keep]
+    return np.stack(xs), np.stack(ys)
+
+
+def default_steps(images, config, global_batch: int) -> int:
+    """One epoch = as many crops as it takes to cover the training pixels once (at least 4 steps)."""
+    if config.steps_per_epoch:
+        return config.steps_per_epoch
+    pixels = sum(im.shape[0] * im.shape[1] for im in images)
+    return max(4, math.ceil(pixels / config.image_size**2 / global_batch))

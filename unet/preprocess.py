@@ -1,0 +1,82 @@
+"""What the model sees: one :class:`Preprocessor` shared by training crops and prediction.
+
+An image becomes the model's input in two steps: its channels (RGB, or one gray channel
+turned bright-on-dark, see :func:`model_input`), then a per-image percentile normalisation
+(1st to 99.8th percentile -> 0..1, as CSBDeep's ``normalize``). Training crops are normalised
+with their whole image's range, so a crop looks as it will in a whole-image prediction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+COLOR_MODES = ("rgb", "gray")
+
+
+def intensity_range(image: np.ndarray) -> tuple[float, float]:
+    """The 1st and 99.8th percentile of a whole image (all channels), as in CSBDeep."""
+    sample = np.asarray(image)[::2, ::2] if image.size > 2**20 else np.asarray(image)
+    low, high = np.percentile(sample, (1.0, 99.8))
+    return float(low), float(max(high, low + 1.0))
+
+
+def normalize(image: np.ndarray, value_range: tuple[float, float] | None = None) -> np.ndarray:
+    """float32 image scaled so that the whole image's percentile range maps to 0..1."""
+    low, high = intensity_range(image) if value_range is None else value_range
+    return (np.asarray(image, np.float32) - low) * np.float32(1.0 / (high - low))
+
+
+def model_input(image: np.ndarray, color_mode: str) -> np.ndarray:
+    """The image as the model sees it (before normalization), H x W x channels.
+
+    'gray': the mean of the colour channels, inverted when the image's background (its
+    median) is brighter than the middle of its intensity range, so that brightfield and
+    stained (H&E) images show bright objects on a dark background like fluorescence.
+    """
+    image = np.asarray(image)
+    if color_mode == "rgb":
+        return image if image.ndim == 3 else np.repeat(image[..., None], 3, axis=2)
+    gray = image.mean(axis=2) if image.ndim == 3 else image.astype(np.float32)
+    low, high = intensity_range(gray)
+    if np.median(gray[::2, ::2]) > (low + high) / 2:
+        gray = float(np.iinfo(image.dtype).max if image.dtype.kind in "ui" else 1.0) - gray
+    dtype = image.dtype if image.dtype.kind in "ui" else np.float32
+    return np.clip(np.round(gray) if dtype != np.float32 else gray, 0, None).astype(dtype)[..., None]
+
+
+@dataclass(frozen=True)
+class Preprocessor:
+    """Colour mode and normalisation of one model; ``Preprocessor.for_config(config)``."""
+
+    color_mode: str
+
+    def __post_init__(self):
+        if self.color_mode not in COLOR_MODES:
+            raise ValueError(f"color_mode must be one of {COLOR_MODES}, not {self.color_mode!r}")
+
+    @classmethod
+    def for_config(cls, config) -> "Preprocessor":
+        """The config's colour mode; 'auto' is the task's own (gray for nuclei, RGB for tissue)."""
+        from .tasks import task_for
+
+        mode = config.color_mode
+        return cls(task_for(config.kind).color_mode if mode == "auto" else mode)
+
+    @property
+    def channels(self) -> int:
+        return 1 if self.color_mode == "gray" else 3
+
+    def channels_of(self, image: np.ndarray) -> np.ndarray:
+        """The image's model channels, not yet normalised (same dtype)."""
+        return model_input(image, self.color_mode)
+
+    def prepare(self, image: np.ndarray) -> tuple[np.ndarray, tuple[float, float]]:
+        """(model channels, the whole image's intensity range): what training crops are cut from."""
+        channels = self.channels_of(image)
+        return channels, intensity_range(channels)
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        """The normalised float32 model input of a whole image."""
+        return normalize(self.channels_of(image))
