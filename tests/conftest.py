@@ -93,3 +93,21 @@ def write_tissue(root: Path, mode: str, n: int = 5, shape=(32, 32)) -> list[np.n
             mask = Image.fromarray(PALETTE[labels], mode="RGB")
         mask.save(root / "masks" / f"s{i}.png")
     return labels_all
+
+
+def fake_run(tmp_path, kind, channels, palette):
+    """An untrained run folder (best.keras and config.json, as training saves them) of a tiny U-Net."""
+    import keras
+
+    from unet.config import Config
+    from unet.model import build_unet
+    from unet.preprocess import Preprocessor
+
+    run = tmp_path / f"run_{kind}"
+    run.mkdir()
+    keras.utils.set_random_seed(1)
+    config = Config(kind=kind, head="boundary" if kind == "dsb2018" else "multiclass", num_classes=channels,
+                    tile_size=64, extra={"palette": palette})
+    build_unet(Preprocessor.for_config(config).channels, channels, base_filters=2, depth=2).save(run / "best.keras")
+    config.save(run / "config.json")
+    return run / "best.keras"

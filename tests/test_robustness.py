@@ -144,9 +144,9 @@ def test_bytes_corrupted_inside_a_cached_array_are_detected(dsb_dir, tmp_path, c
 
 @pytest.fixture
 def tissue_run(tmp_path):
-    from test_inference import _fake_run
+    from conftest import fake_run
 
-    return _fake_run(tmp_path, "tissue", 4, [[0, 0, 0], [230, 25, 75], [60, 180, 75], [255, 225, 25]])
+    return fake_run(tmp_path, "tissue", 4, [[0, 0, 0], [230, 25, 75], [60, 180, 75], [255, 225, 25]])
 
 
 def _digest(folder: Path) -> dict:

@@ -10,8 +10,7 @@ import pytest
 from unet.config import Config
 from unet.data import decode_dataset
 from unet.synthetic import write_sample
-from unet.pipeline import CropSampler, make_train_dataset
-from unet.preprocess import Preprocessor, model_input, normalize
+from unet.preprocess import Preprocessor
 from unet.run import read_history
 from unet.training import train
 
@@ -94,78 +93,6 @@ def test_an_interrupted_run_resumes_at_the_next_epoch(sample, tmp_path):
     assert recorder.epochs == [1]
     assert read_history(run.run_dir / "history.csv")["epoch"] == [0.0, 1.0]
     assert not (run.run_dir / "backup").exists()  # removed once the run completed
-
-
-def test_crops_keep_image_and_target_aligned():
-    rng = np.random.default_rng(0)
-    targets = [rng.integers(0, 3, (40, 52), dtype=np.uint8), rng.integers(0, 3, (20, 30), dtype=np.uint8)]
-    images = [np.repeat((t * 100)[..., None], 3, axis=2).astype(np.uint8) for t in targets]
-    sampler = CropSampler(images, targets, [(0.0, 200.0)] * 2, size=32, seed=1)
-    for _ in range(20):
-        for index in (0, 1):  # the second image is smaller than a crop: mirror-padded
-            x, y = sampler.crop(index)
-            assert x.shape == (32, 32, 3) and y.shape == (32, 32, 1)
-            assert np.allclose(x[..., 0] * 2, y[..., 0])
-
-
-def test_zoomed_crops_rescale_objects_and_stay_aligned():
-    target = np.kron(np.arange(48).reshape(6, 8) % 3, np.ones((10, 10), np.uint8)).astype(np.uint8)  # 10 px blocks
-    image = np.repeat((target * 100)[..., None], 3, axis=2).astype(np.uint8)
-    sampler = CropSampler([image], [target], [(0.0, 200.0)], size=32, seed=2, zoom=0.5)
-    block_sizes = set()
-    for _ in range(30):
-        x, y = sampler.crop(0)
-        assert x.shape == (32, 32, 3) and y.shape == (32, 32, 1) and y.dtype == np.uint8
-        assert np.mean(np.abs(x[..., 0] * 2 - y[..., 0]) < 0.5) > 0.8  # interpolated edges aside, aligned
-        runs = np.flatnonzero(np.diff(y[:, :, 0], axis=1).any(axis=0))
-        block_sizes.update(np.diff(runs).tolist())
-    assert min(block_sizes) < 9 and max(block_sizes) > 11  # objects shrunk and grown
-
-
-def test_train_dataset_is_deterministic_and_not_autotuned():
-    # Autotuning is off: its optimisation thread made each fit() wait up to a minute at its end.
-    rng = np.random.default_rng(0)
-    images = [rng.integers(0, 255, (40, 48, 3), dtype=np.uint8) for _ in range(3)]
-    targets = [rng.integers(0, 3, (40, 48), dtype=np.uint8) for _ in range(3)]
-    config = Config(image_size=32, batch_size=2)
-    first, second = (make_train_dataset(images, targets, [(0.0, 255.0)] * 3, config, 2) for _ in range(2))
-    assert first.options().autotune.enabled is False
-    for (x1, y1), (x2, y2) in zip(first.take(3), second.take(3)):
-        assert x1.shape == (2, 32, 32, 3) and y1.shape == (2, 32, 32, 1)
-        assert np.array_equal(x1.numpy(), x2.numpy()) and np.array_equal(y1.numpy(), y2.numpy())
-
-
-def _scene(background: int, objects: int) -> np.ndarray:
-    image = np.full((40, 50, 3), background, np.uint8)
-    image[10:20, 10:20] = objects
-    return image
-
-
-def test_gray_model_input_shows_bright_objects_on_dark():
-    fluorescence, brightfield = _scene(10, 200), _scene(220, 60)
-    brightfield[..., 2] = 250  # a stained (coloured) image
-    for image in (fluorescence, brightfield):
-        gray = model_input(image, "gray")
-        assert gray.shape == (40, 50, 1) and gray.dtype == np.uint8
-        assert gray[15, 15, 0] > gray[0, 0, 0] + 100  # the object is the bright part
-    assert model_input(fluorescence, "gray")[15, 15, 0] == 200  # not inverted: the channel mean
-    assert model_input(brightfield, "gray")[15, 15, 0] == 255 - round((60 + 60 + 250) / 3)
-    assert np.array_equal(model_input(brightfield, "rgb"), brightfield)
-    assert model_input(brightfield[..., 0], "rgb").shape == (40, 50, 3)
-
-
-def test_color_mode_auto_is_gray_for_nuclei_and_rgb_for_tissue():
-    assert Preprocessor.for_config(Config(kind="dsb2018")).channels == 1
-    assert Preprocessor.for_config(Config(kind="tissue")).channels == 3
-    assert Preprocessor.for_config(Config(kind="tissue", color_mode="gray")).channels == 1
-    with pytest.raises(ValueError, match="color_mode"):
-        Preprocessor.for_config(Config(color_mode="hsv"))
-
-
-def test_normalize_uses_the_whole_image_range():
-    image = np.arange(1000, dtype=np.float64).reshape(10, 100) % 256
-    out = normalize(image.astype(np.uint8))
-    assert out.dtype == np.float32 and -0.05 < out.min() < 0.01 and 0.99 < out.max() < 1.05
 
 
 def test_mirrored_strategy_trains_on_two_logical_cpus(sample, tmp_path):

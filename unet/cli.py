@@ -180,6 +180,23 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (--help lists the options)\n")
 
 
+def _add_predict_command(commands) -> None:
+    predict = commands.add_parser("predict", help="predict a folder of images with a trained model")
+    predict.add_argument("--model", required=True, type=Path, help="best.keras or last.keras of a run")
+    predict.add_argument("--images", required=True, type=Path,
+                         help="a folder of images, or a dataset folder in either layout")
+    predict.add_argument("--out", required=True, type=Path)
+    predict.add_argument("--tile-size", type=int)
+    predict.add_argument("--tile-overlap", type=float)
+    predict.add_argument("--batch-size", type=int)
+    predict.add_argument("--min-area", type=int, help="smallest nucleus kept, in pixels")
+    predict.add_argument("--tta", action=argparse.BooleanOptionalAction,
+                         help="average over the 8 flips and 90-degree rotations (default: the run's config)")
+    predict.add_argument("--npy-dir", type=Path)
+    predict.add_argument("--quiet", action="store_true")
+    predict.set_defaults(run=_predict)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m unet", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -205,20 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "an images/ + masks/ folder)")
     training.set_defaults(run=_train)
 
-    predict = commands.add_parser("predict", help="predict a folder of images with a trained model")
-    predict.add_argument("--model", required=True, type=Path, help="best.keras or last.keras of a run")
-    predict.add_argument("--images", required=True, type=Path,
-                         help="a folder of images, or a dataset folder in either layout")
-    predict.add_argument("--out", required=True, type=Path)
-    predict.add_argument("--tile-size", type=int)
-    predict.add_argument("--tile-overlap", type=float)
-    predict.add_argument("--batch-size", type=int)
-    predict.add_argument("--min-area", type=int, help="smallest nucleus kept, in pixels")
-    predict.add_argument("--tta", action=argparse.BooleanOptionalAction,
-                         help="average over the 8 flips and 90-degree rotations (default: the run's config)")
-    predict.add_argument("--npy-dir", type=Path)
-    predict.add_argument("--quiet", action="store_true")
-    predict.set_defaults(run=_predict)
+    _add_predict_command(commands)
 
     evaluate = commands.add_parser("evaluate", help="score predictions against ground truth")
     evaluate.add_argument("--pred", required=True, type=Path, help="the --out folder of predict")

@@ -56,7 +56,7 @@ class Config:
     ignore_label: int = 255
     min_class_share: float = 0.0005  # auto class detection: rarer values are strays
 
-    color_mode: str = "auto"  # 'rgb', 'gray' (bright objects on dark, see training.model_input) or 'auto'
+    color_mode: str = "auto"  # 'rgb', 'gray' (bright objects on dark, see preprocess.model_input) or 'auto'
 
     # model
     head: str = "auto"  # 'auto', 'binary', 'boundary' (nuclei 3-class) or 'multiclass'

@@ -106,6 +106,41 @@ def instances_from_layers(layers: list[np.ndarray], names: list[str], shape) -> 
     return instances, notes
 
 
+def _mask_file_layers(mask_files: list[Path], shape) -> tuple[list, list[str], list[str]]:
+    """(boolean layers, names, problems) of a sample's mask PNGs."""
+    layers, names, problems = [], [], []
+    for path in mask_files:
+        try:
+            mask = mask_foreground(open_image(path))
+        except DataError as error:
+            problems += error.problems
+            continue
+        if mask.shape[:2] != shape:
+            problems.append(f"{path}: mask size {mask.shape[1]}x{mask.shape[0]} differs from its "
+                            f"image {shape[1]}x{shape[0]}")
+            continue
+        layers.append(mask)
+        names.append(str(path))
+    return layers, names, problems
+
+
+def _rle_layers(rle_rows: list, shape, sample: Path, image_path: Path) -> tuple[list, list[str], list[str]]:
+    """(boolean layers, names, problems) of a sample's run-length rows; a row's name is its file:line."""
+    layers, names, problems = [], [], []
+    for encoded, rle_shape, where in rle_rows:
+        if rle_shape is not None and tuple(rle_shape) != shape:
+            problems.append(f"{where}: run-length size {rle_shape[1]}x{rle_shape[0]} differs from the image "
+                            f"{image_path} ({shape[1]}x{shape[0]})")
+            continue
+        try:
+            layers.append(rle_decode(encoded, shape))
+        except ValueError as error:
+            problems.append(f"{where}: bad run-length labels for {sample.name} ({error})")
+            continue
+        names.append(where)
+    return layers, names, problems
+
+
 def decode_dsb_sample(sample: Path, rle_rows: list | None, require_labels: bool):
     """(image, instance map or None, notes) of one ``<id>/`` folder.
 
@@ -120,32 +155,10 @@ def decode_dsb_sample(sample: Path, rle_rows: list | None, require_labels: bool)
     image = to_rgb(open_image(images[0]))
     shape = image.shape[:2]
     mask_files = list_images(sample / "masks") if (sample / "masks").is_dir() else []
-    layers, names, problems = [], [], []
     if mask_files:
-        for path in mask_files:
-            try:
-                mask = mask_foreground(open_image(path))
-            except DataError as error:
-                problems += error.problems
-                continue
-            if mask.shape[:2] != shape:
-                problems.append(f"{path}: mask size {mask.shape[1]}x{mask.shape[0]} differs from its "
-                                f"image {shape[1]}x{shape[0]}")
-                continue
-            layers.append(mask)
-            names.append(str(path))
+        layers, names, problems = _mask_file_layers(mask_files, shape)
     elif rle_rows:
-        for encoded, rle_shape, where in rle_rows:
-            if rle_shape is not None and tuple(rle_shape) != shape:
-                problems.append(f"{where}: run-length size {rle_shape[1]}x{rle_shape[0]} differs from the image "
-                                f"{images[0]} ({shape[1]}x{shape[0]})")
-                continue
-            try:
-                layers.append(rle_decode(encoded, shape))
-            except ValueError as error:
-                problems.append(f"{where}: bad run-length labels for {sample.name} ({error})")
-                continue
-            names.append(where)
+        layers, names, problems = _rle_layers(rle_rows, shape, sample, images[0])
     elif require_labels:
         raise DataError(f"{sample}: image without masks (no masks/*.png and no run-length rows)")
     else:

@@ -19,7 +19,7 @@ class SizeCheck(layers.Layer):
         bad = [s for s in (height, width) if s is not None and s % self.multiple]
         if bad:
             raise ValueError(f"input size {height}x{width} is not divisible by {self.multiple} (2**depth): "
-                             "pad the image or predict with unet.inference.predict_tiled")
+                             "pad the image or predict with unet.tiling.predict_tiled")
 
     def build(self, input_shape):
         self._check(input_shape)

@@ -168,16 +168,8 @@ def map_tissue_classes(raw, paths, classes_rows, stray: str, ignore_label: int, 
         names = None
 
     lookup = {v: i for i, v in enumerate(class_values)}
-    strays = [v for v in pixel_counts if v not in lookup]
-    report = []
-    if strays:
-        label = {"P": "palette index", "L": "gray value", "RGB": "colour"}[mode]
-        for path, (codes, _, _) in zip(paths, raw):
-            bad = np.isin(codes, strays)
-            if bad.any():
-                found, counts = np.unique(codes[bad], return_counts=True)
-                detail = ", ".join(f"{_format_code(v, mode)}: {c} px" for v, c in zip(found, counts))
-                report.append(f"{path}: {label} outside the classes ({detail})")
+    report = _stray_report(raw, paths, [v for v in pixel_counts if v not in lookup], mode)
+    if report:
         if stray == "error":
             raise DataError(report + ["set stray='ignore' (CLI: --stray ignore) to map these pixels "
                                       "to the ignore label, or list the classes in classes.csv"])
@@ -192,14 +184,32 @@ def map_tissue_classes(raw, paths, classes_rows, stray: str, ignore_label: int, 
     if names is None:
         names = [f"class {i}" if mode == "P" else f"class {i} ({_format_code(v, mode)})"
                  for i, v in enumerate(class_values)]
-    palette = DEFAULT_COLORS[np.arange(len(class_values)) % len(DEFAULT_COLORS)].copy()
-    if mode == "P" and raw[0][2] is not None and len(raw[0][2]) >= len(class_values):
-        palette = raw[0][2][: len(class_values)].copy()
-    elif mode == "RGB":
-        palette = np.array([[(v >> 16) & 255, (v >> 8) & 255, v & 255] for v in class_values], np.uint8)
+    return masks, names, _class_palette(class_values, mode, raw[0][2], classes_rows), report
+
+
+def _stray_report(raw, paths, strays: list[int], mode: str) -> list[str]:
+    """One line per mask holding values outside the classes, with their pixel counts."""
+    if not strays:
+        return []
+    label, report = {"P": "palette index", "L": "gray value", "RGB": "colour"}[mode], []
+    for path, (codes, _, _) in zip(paths, raw):
+        bad = np.isin(codes, strays)
+        if bad.any():
+            found, counts = np.unique(codes[bad], return_counts=True)
+            detail = ", ".join(f"{_format_code(v, mode)}: {c} px" for v, c in zip(found, counts))
+            report.append(f"{path}: {label} outside the classes ({detail})")
+    return report
+
+
+def _class_palette(class_values: list[int], mode: str, mask_palette, classes_rows) -> np.ndarray:
+    """The classes' colours: from classes.csv, else the masks' own palette or RGB colours, else defaults."""
     if classes_rows and all(row.get("color") for row in classes_rows):
-        palette = np.array([_parse_color(row["color"]) for row in classes_rows], np.uint8)
-    return masks, names, palette, report
+        return np.array([_parse_color(row["color"]) for row in classes_rows], np.uint8)
+    if mode == "P" and mask_palette is not None and len(mask_palette) >= len(class_values):
+        return mask_palette[: len(class_values)].copy()
+    if mode == "RGB":
+        return np.array([[(v >> 16) & 255, (v >> 8) & 255, v & 255] for v in class_values], np.uint8)
+    return DEFAULT_COLORS[np.arange(len(class_values)) % len(DEFAULT_COLORS)].copy()
 
 
 def _format_code(value: int, mode: str) -> str:

@@ -1,0 +1,75 @@
+"""Metrics: IoU matrices, the DSB2018 score, per-class IoU, run-length round trips."""
+
+import numpy as np
+import pytest
+
+from conftest import disk
+from unet.evaluation import class_scores, confusion_matrix, iou_matrix, nuclei_scores
+from unet.losses import ConfusionMetric
+
+
+def test_iou_matrix_matches_brute_force():
+    rng = np.random.default_rng(4)
+    truth, prediction = rng.integers(0, 5, (30, 30)), rng.integers(0, 4, (30, 30))
+    iou = iou_matrix(truth, prediction)
+    for i in range(1, 5):
+        for j in range(1, 4):
+            a, b = truth == i, prediction == j
+            assert iou[i - 1, j - 1] == pytest.approx((a & b).sum() / (a | b).sum())
+
+
+def test_dsb_score_of_a_shifted_square():
+    truth = np.zeros((20, 20), np.uint16)
+    truth[5:15, 5:15] = 1
+    shifted = np.roll(truth, 2, axis=1)  # IoU = 80 / 120 = 0.667: passes 0.50..0.65, fails 0.70..0.95
+    scores = nuclei_scores(truth, shifted)
+    assert scores["map"] == pytest.approx(0.4) and scores["ap50"] == 1.0
+    assert scores["foreground_iou"] == pytest.approx(80 / 120) and scores["foreground_dice"] == pytest.approx(0.8)
+
+
+def test_dsb_score_of_shifted_disks_with_a_miss_and_a_false_positive():
+    shape = (64, 64)
+    truth = np.zeros(shape, np.uint16)
+    truth[disk(shape, (16, 16), 8)] = 1
+    truth[disk(shape, (45, 45), 8)] = 2  # missed
+    prediction = np.zeros(shape, np.uint16)
+    prediction[disk(shape, (16, 17), 8)] = 1  # one-pixel shift
+    prediction[disk(shape, (50, 12), 5)] = 2  # false positive
+    a, b = truth == 1, prediction == 1
+    iou = (a & b).sum() / (a | b).sum()
+    passed = (np.round(np.arange(0.5, 1.0, 0.05), 2) < iou).sum()
+    scores = nuclei_scores(truth, prediction)
+    assert scores["map"] == pytest.approx(passed * (1 / 3) / 10)  # TP=1, FP=1, FN=1 where matched
+    assert scores["f1_50"] == pytest.approx(0.5)
+
+
+def test_dsb_score_edge_cases():
+    empty, one = np.zeros((8, 8), np.uint16), np.zeros((8, 8), np.uint16)
+    one[2:5, 2:5] = 1
+    assert nuclei_scores(empty, empty)["map"] == 1.0
+    assert nuclei_scores(one, empty)["map"] == 0.0
+    assert nuclei_scores(empty, one)["map"] == 0.0
+    assert nuclei_scores(one, one)["map"] == 1.0
+
+
+def test_per_class_iou_on_a_known_confusion_matrix():
+    confusion = np.array([[50, 10, 0], [5, 30, 5], [0, 0, 0]])
+    scores = class_scores(confusion, ["a", "b", "c"])
+    assert scores["iou"]["a"] == pytest.approx(50 / 65) and scores["iou"]["b"] == pytest.approx(30 / 50)
+    assert scores["iou"]["c"] == 0.0  # predicted 5 times, never true
+    assert scores["mean_iou"] == pytest.approx((50 / 65 + 30 / 50 + 0) / 3)
+    absent = class_scores(np.array([[5, 1, 0], [2, 4, 0], [0, 0, 0]]), ["a", "b", "c"])
+    assert absent["iou"]["c"] is None  # neither true nor predicted: left out of the mean
+    assert absent["mean_iou"] == pytest.approx((5 / 8 + 4 / 7) / 2)
+    assert scores["pixel_accuracy"] == pytest.approx(80 / 100)
+    assert scores["dice"]["b"] == pytest.approx(60 / 80)
+
+
+def test_confusion_matrix_skips_the_ignore_label_and_agrees_with_the_training_metric():
+    truth = np.array([[0, 1, 2], [255, 1, 0]])
+    prediction = np.array([[0, 2, 2], [1, 1, 1]])
+    confusion = confusion_matrix(truth, prediction, 3)
+    assert confusion.sum() == 5 and confusion[1, 2] == 1 and confusion[0, 1] == 1
+    metric = ConfusionMetric(3, "iou")
+    metric.update_state(truth[None, ..., None], np.eye(3, dtype=np.float32)[prediction][None])
+    assert float(metric.result()) == pytest.approx(class_scores(confusion, ["a", "b", "c"])["mean_iou"])

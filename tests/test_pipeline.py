@@ -1,0 +1,64 @@
+"""The training input pipeline: crops aligned with their targets, zoom, determinism."""
+
+import numpy as np
+
+from unet.config import Config
+from unet.pipeline import CropSampler, make_train_dataset
+from unet.preprocess import Preprocessor
+
+
+def test_crops_keep_image_and_target_aligned():
+    rng = np.random.default_rng(0)
+    targets = [rng.integers(0, 3, (40, 52), dtype=np.uint8), rng.integers(0, 3, (20, 30), dtype=np.uint8)]
+    images = [np.repeat((t * 100)[..., None], 3, axis=2).astype(np.uint8) for t in targets]
+    sampler = CropSampler(images, targets, [(0.0, 200.0)] * 2, size=32, seed=1)
+    for _ in range(20):
+        for index in (0, 1):  # the second image is smaller than a crop: mirror-padded
+            x, y = sampler.crop(index)
+            assert x.shape == (32, 32, 3) and y.shape == (32, 32, 1)
+            assert np.allclose(x[..., 0] * 2, y[..., 0])
+
+
+def test_zoomed_crops_rescale_objects_and_stay_aligned():
+    target = np.kron(np.arange(48).reshape(6, 8) % 3, np.ones((10, 10), np.uint8)).astype(np.uint8)  # 10 px blocks
+    image = np.repeat((target * 100)[..., None], 3, axis=2).astype(np.uint8)
+    sampler = CropSampler([image], [target], [(0.0, 200.0)], size=32, seed=2, zoom=0.5)
+    block_sizes = set()
+    for _ in range(30):
+        x, y = sampler.crop(0)
+        assert x.shape == (32, 32, 3) and y.shape == (32, 32, 1) and y.dtype == np.uint8
+        assert np.mean(np.abs(x[..., 0] * 2 - y[..., 0]) < 0.5) > 0.8  # interpolated edges aside, aligned
+        runs = np.flatnonzero(np.diff(y[:, :, 0], axis=1).any(axis=0))
+        block_sizes.update(np.diff(runs).tolist())
+    assert min(block_sizes) < 9 and max(block_sizes) > 11  # objects shrunk and grown
+
+
+def test_train_dataset_is_deterministic_and_not_autotuned():
+    # Autotuning is off: its optimisation thread made each fit() wait up to a minute at its end.
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 255, (40, 48, 3), dtype=np.uint8) for _ in range(3)]
+    targets = [rng.integers(0, 3, (40, 48), dtype=np.uint8) for _ in range(3)]
+    config = Config(image_size=32, batch_size=2)
+    first, second = (make_train_dataset(images, targets, [(0.0, 255.0)] * 3, config, 2) for _ in range(2))
+    assert first.options().autotune.enabled is False
+    for (x1, y1), (x2, y2) in zip(first.take(3), second.take(3)):
+        assert x1.shape == (2, 32, 32, 3) and y1.shape == (2, 32, 32, 1)
+        assert np.array_equal(x1.numpy(), x2.numpy()) and np.array_equal(y1.numpy(), y2.numpy())
+
+
+def test_a_training_crop_is_the_prediction_input_cut_out():
+    """One Preprocessor: a crop (no augmentation) equals the same window of the normalised whole
+    image that prediction feeds the tiler, in gray (inverted brightfield) and RGB."""
+    rng = np.random.default_rng(4)
+    image = rng.integers(150, 255, (70, 90, 3), dtype=np.uint8)  # bright background: inverted in gray
+    image[20:40, 30:50] = rng.integers(0, 60, (20, 20, 3), dtype=np.uint8)
+    for mode in ("gray", "rgb"):
+        preprocessor = Preprocessor(mode)
+        channels, value_range = preprocessor.prepare(image)
+        sampler = CropSampler([channels], [np.zeros(image.shape[:2], np.uint8)], [value_range], size=32, seed=0,
+                              augment=False)
+        whole = preprocessor(image)
+        crop, _ = sampler.crop(0)
+        matches = [(y, x) for y in range(70 - 31) for x in range(90 - 31)
+                   if np.allclose(whole[y:y + 32, x:x + 32], crop, atol=1e-6)]
+        assert matches and crop.shape[-1] == preprocessor.channels

@@ -1,0 +1,40 @@
+"""What the model sees: colour mode, inversion, percentile normalisation."""
+
+import numpy as np
+import pytest
+
+from unet.config import Config
+from unet.preprocess import Preprocessor, model_input, normalize
+
+
+def _scene(background: int, objects: int) -> np.ndarray:
+    image = np.full((40, 50, 3), background, np.uint8)
+    image[10:20, 10:20] = objects
+    return image
+
+
+def test_gray_model_input_shows_bright_objects_on_dark():
+    fluorescence, brightfield = _scene(10, 200), _scene(220, 60)
+    brightfield[..., 2] = 250  # a stained (coloured) image
+    for image in (fluorescence, brightfield):
+        gray = model_input(image, "gray")
+        assert gray.shape == (40, 50, 1) and gray.dtype == np.uint8
+        assert gray[15, 15, 0] > gray[0, 0, 0] + 100  # the object is the bright part
+    assert model_input(fluorescence, "gray")[15, 15, 0] == 200  # not inverted: the channel mean
+    assert model_input(brightfield, "gray")[15, 15, 0] == 255 - round((60 + 60 + 250) / 3)
+    assert np.array_equal(model_input(brightfield, "rgb"), brightfield)
+    assert model_input(brightfield[..., 0], "rgb").shape == (40, 50, 3)
+
+
+def test_color_mode_auto_is_gray_for_nuclei_and_rgb_for_tissue():
+    assert Preprocessor.for_config(Config(kind="dsb2018")).channels == 1
+    assert Preprocessor.for_config(Config(kind="tissue")).channels == 3
+    assert Preprocessor.for_config(Config(kind="tissue", color_mode="gray")).channels == 1
+    with pytest.raises(ValueError, match="color_mode"):
+        Preprocessor.for_config(Config(color_mode="hsv"))
+
+
+def test_normalize_uses_the_whole_image_range():
+    image = np.arange(1000, dtype=np.float64).reshape(10, 100) % 256
+    out = normalize(image.astype(np.uint8))
+    assert out.dtype == np.float32 and -0.05 < out.min() < 0.01 and 0.99 < out.max() < 1.05
