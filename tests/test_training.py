@@ -11,7 +11,7 @@ from unet.config import Config
 from unet.data import decode_dataset
 from unet.synthetic import write_sample
 from unet.preprocess import Preprocessor
-from unet.run import read_history
+from unet.run import Run, read_history
 from unet.training import train
 
 
@@ -55,6 +55,12 @@ def test_two_epochs_lower_the_loss_and_log_to_tensorboard(sample, tmp_path, kind
     saved = Config.load(run.run_dir / "config.json")
     assert run.model.input_shape[-1] == Preprocessor.for_config(saved).channels == (1 if kind == "dsb2018" else 3)
     assert saved.image_size == 64 and saved.extra["precision_used"] in ("float32", "mixed_bfloat16")
+    assert "auto" not in (saved.head, saved.color_mode, saved.xla)  # resolved once, recorded
+    loaded = Run.load(run.run_dir)  # read back as it was saved: config, thresholds, classes, predictions
+    assert loaded.config == run.config and loaded.history == run.history
+    assert loaded.class_names == saved.extra["class_names"] and len(loaded.palette) == max(saved.num_classes, 2)
+    image = np.asarray(val_set.images[0])
+    assert np.array_equal(loaded.predict(image)[1], run.predict(image)[1])
 
     train_events, val_events = _event_tags(run.run_dir / "train"), _event_tags(run.run_dir / "validation")
     for events in (train_events, val_events):

@@ -32,10 +32,10 @@ def predict_folder(run, dataset, out: str | Path, progress: bool = True, inputs=
     """Predict every image of ``dataset`` with ``run`` (a :class:`~unet.run.Run`) and write
     everything to ``out``, which must lie outside the dataset's folder and ``inputs`` (see
     ``io.claim_output_folder``). Returns the predicted label maps by id."""
-    config, task = run.config, task_for(run.config.kind)
+    config, task = run.config, run.task
     out = claim_output_folder(out, [dataset.source, *inputs] if dataset.source else inputs,
                               {"run": config.run_name, "images": dataset.source, "count": len(dataset)})
-    palette = np.array(config.extra.get("palette") or [[0, 0, 0]], np.uint8)
+    palette = run.palette
     truths = task.truths(dataset)
     predictions, tables, input_frames, output_frames = {}, {name: [] for name in task.tables}, [], []
     for index in show_progress(range(len(dataset)), "predicting", enabled=progress):

@@ -62,6 +62,15 @@ class Run:
         return cls(path.parent, model, apply_thresholds(config, path.parent), history)
 
     @property
+    def class_names(self) -> list[str]:
+        return list(self.config.extra.get("class_names") or [])
+
+    @property
+    def palette(self) -> np.ndarray:
+        """The classes' colours (nuclei: background, interior, boundary)."""
+        return np.array(self.config.extra.get("palette") or [[0, 0, 0]], np.uint8)
+
+    @property
     def task(self):
         from .tasks import task_for
 
