@@ -38,3 +38,25 @@ def test_normalize_uses_the_whole_image_range():
     image = np.arange(1000, dtype=np.float64).reshape(10, 100) % 256
     out = normalize(image.astype(np.uint8))
     assert out.dtype == np.float32 and -0.05 < out.min() < 0.01 and 0.99 < out.max() < 1.05
+
+
+@pytest.mark.parametrize("mode", ["gray", "rgb"])
+@pytest.mark.parametrize("shape, background", [((60, 70, 3), 40), ((1100, 1000, 3), 200), ((700, 600, 3), 30),
+                                               ((1030, 1030), 220)])
+def test_statistics_applied_block_by_block_equal_the_whole_image(mode, shape, background):
+    """Normalising blocks with the whole image's statistics gives exactly the whole image's input,
+    from a NumPy or a Dask array (the block-wise prediction path)."""
+    import dask.array as da
+
+    rng = np.random.default_rng(len(shape) + shape[0])
+    scene = np.full(shape, float(background))
+    scene[::50, ::3] = 255 - background  # objects in the other contrast
+    image = np.clip(scene + rng.normal(0, 10, shape), 0, 255).astype(np.uint8)
+    preprocessor = Preprocessor(mode)
+    whole = preprocessor(image)
+    statistics = preprocessor.statistics(image)
+    assert statistics == preprocessor.statistics(da.from_array(image, chunks=256))
+    assert statistics.invert == (mode == "gray" and background > 127)
+    np.testing.assert_array_equal(preprocessor.apply(image, statistics), whole)
+    block = (slice(37, 300), slice(11, 250))
+    np.testing.assert_array_equal(preprocessor.apply(image[block], statistics), whole[block])

@@ -17,9 +17,7 @@ COLOR_MODES = ("rgb", "gray")
 
 def intensity_range(image: np.ndarray) -> tuple[float, float]:
     """The 1st and 99.8th percentile of a whole image (all channels), as in CSBDeep."""
-    sample = np.asarray(image)[::2, ::2] if image.size > 2**20 else np.asarray(image)
-    low, high = np.percentile(sample, (1.0, 99.8))
-    return float(low), float(max(high, low + 1.0))
+    return _percentiles(np.asarray(image)[::2, ::2] if image.size > 2**20 else np.asarray(image))
 
 
 def normalize(image: np.ndarray, value_range: tuple[float, float] | None = None) -> np.ndarray:
@@ -37,13 +35,39 @@ def model_input(image: np.ndarray, color_mode: str) -> np.ndarray:
     """
     image = np.asarray(image)
     if color_mode == "rgb":
-        return image if image.ndim == 3 else np.repeat(image[..., None], 3, axis=2)
-    gray = image.mean(axis=2) if image.ndim == 3 else image.astype(np.float32)
+        return _rgb(image)
+    gray = _gray(image)
     low, high = intensity_range(gray)
-    if np.median(gray[::2, ::2]) > (low + high) / 2:
-        gray = float(np.iinfo(image.dtype).max if image.dtype.kind in "ui" else 1.0) - gray
-    dtype = image.dtype if image.dtype.kind in "ui" else np.float32
+    return _gray_channel(gray, image.dtype, bool(np.median(gray[::2, ::2]) > (low + high) / 2))
+
+
+def _rgb(image: np.ndarray) -> np.ndarray:
+    return image if image.ndim == 3 else np.repeat(image[..., None], 3, axis=2)
+
+
+def _gray(image: np.ndarray) -> np.ndarray:
+    return image.mean(axis=2) if image.ndim == 3 else image.astype(np.float32)
+
+
+def _gray_channel(gray: np.ndarray, dtype, invert: bool) -> np.ndarray:
+    """The gray channel in the image's dtype, inverted (max - value) when asked."""
+    if invert:
+        gray = float(np.iinfo(dtype).max if dtype.kind in "ui" else 1.0) - gray
+    dtype = dtype if dtype.kind in "ui" else np.float32
     return np.clip(np.round(gray) if dtype != np.float32 else gray, 0, None).astype(dtype)[..., None]
+
+
+@dataclass(frozen=True)
+class Statistics:
+    """What normalisation needs to know of a whole image: whether its gray channel is inverted,
+    and the intensity range that maps to 0..1. Applied block by block, it gives every block
+    exactly what the whole image would give (see :meth:`Preprocessor.statistics`)."""
+
+    invert: bool
+    value_range: tuple[float, float]
+
+
+MAX_STATISTICS_PIXELS = 2**24  # a larger image's statistics come from a strided sample of about this size
 
 
 @dataclass(frozen=True)
@@ -80,3 +104,34 @@ class Preprocessor:
     def __call__(self, image: np.ndarray) -> np.ndarray:
         """The normalised float32 model input of a whole image."""
         return normalize(self.channels_of(image))
+
+    def statistics(self, image) -> Statistics:
+        """The whole image's statistics, from an array or a lazy (Dask) array of any size.
+
+        Up to ``MAX_STATISTICS_PIXELS`` pixels they are exactly those of ``__call__`` (its
+        percentiles use every second row and column of images over 2**20 values); a larger
+        image is sampled with a coarser stride."""
+        height, width = image.shape[:2]
+        values = height * width * (1 if self.color_mode == "gray" else 3)
+        stride = 1 if values <= 2**20 else max(2, int(np.ceil(np.sqrt(height * width / MAX_STATISTICS_PIXELS))))
+        sample = np.asarray(image[::stride, ::stride])
+        if self.color_mode == "rgb":
+            return Statistics(False, _percentiles(_rgb(sample)))
+        gray = _gray(sample)
+        low, high = _percentiles(gray)
+        median_sample = gray if stride > 1 else gray[::2, ::2]
+        invert = bool(np.median(median_sample) > (low + high) / 2)
+        return Statistics(invert, _percentiles(_gray_channel(gray, sample.dtype, invert)))
+
+    def apply(self, block: np.ndarray, statistics: Statistics) -> np.ndarray:
+        """The normalised float32 model input of a block of an image with these statistics."""
+        block = np.asarray(block)
+        channels = _rgb(block) if self.color_mode == "rgb" else _gray_channel(_gray(block), block.dtype,
+                                                                               statistics.invert)
+        return normalize(channels, statistics.value_range)
+
+
+def _percentiles(sample: np.ndarray) -> tuple[float, float]:
+    """``intensity_range`` of an already sampled image."""
+    low, high = np.percentile(sample, (1.0, 99.8))
+    return float(low), float(max(high, low + 1.0))

@@ -99,22 +99,63 @@ def predict_tiled(predict_fn: Predictor, image: np.ndarray, tile_size: int = 256
     x = x[..., None] if x.ndim == 2 else x
     height, width = x.shape[:2]
     layout = tile_layout(height, width, tile_size, overlap, stride)
-    (padded_h, padded_w), (tile_h, tile_w), starts = layout["padded"], layout["tile"], layout["starts"]
-    x = np.pad(x, ((0, padded_h - height), (0, padded_w - width), (0, 0)),
-               mode="reflect" if min(height, width) > 1 else "edge")
+    padded = pad_to_layout(x, layout)
+    return blend_tiles(predict_fn, padded, (0, 0), layout, (0, height, 0, width), batch_size, progress)
+
+
+def pad_to_layout(x: np.ndarray, layout: dict, size: tuple[int, int] | None = None, bottom: bool = True,
+                  right: bool = True) -> np.ndarray:
+    """``x`` mirror-padded at the bottom and right as the layout pads the whole image of ``size``
+    (default: x's own size); a window of the image is padded only at the edges it shares with it."""
+    height, width = size or x.shape[:2]
+    pad_h = layout["padded"][0] - height if bottom else 0
+    pad_w = layout["padded"][1] - width if right else 0
+    mode = "reflect" if min(x.shape[:2]) > 1 else "edge"
+    return np.pad(x, ((0, pad_h), (0, pad_w), (0, 0)), mode=mode)
+
+
+def tiles_for_window(layout: dict, window: tuple[int, int, int, int]) -> list[tuple[int, int]]:
+    """The tiles of ``layout`` whose weight is nonzero somewhere in ``window`` (y0, y1, x0, x1),
+    in the layout's order."""
+    (tile_h, tile_w), margin, (padded_h, padded_w) = layout["tile"], layout["margin"], layout["padded"]
+    y0, y1, x0, x1 = window
+
+    def reaches(start, tile, length, low, high):
+        first = start + (margin if start > 0 else 0)
+        last = start + tile - (margin if start + tile < length else 0)
+        return first < high and last > low
+
+    return [(y, x) for y, x in layout["starts"]
+            if reaches(y, tile_h, padded_h, y0, y1) and reaches(x, tile_w, padded_w, x0, x1)]
+
+
+def blend_tiles(predict_fn: Predictor, source: np.ndarray, origin: tuple[int, int], layout: dict,
+                window: tuple[int, int, int, int], batch_size: int = 4, progress: bool = False) -> np.ndarray:
+    """The blended probabilities of ``window`` (y0, y1, x0, x1 in image coordinates) from the
+    layout's tiles. ``source`` holds the normalised, padded image from ``origin`` (its top-left
+    corner in image coordinates) and must contain every tile that reaches the window. A window
+    gives exactly the values the whole image gives there: same tiles, weights and order."""
+    (tile_h, tile_w), (padded_h, padded_w) = layout["tile"], layout["padded"]
+    margin, ramp = layout["margin"], layout["ramp"]
+    y0, y1, x0, x1 = window
+    starts = tiles_for_window(layout, window)
     total = weight_sum = None
     bar = tqdm(total=len(starts), desc="tiles", disable=not progress or not bars_shown(), leave=False)
     for first in range(0, len(starts), batch_size):
         chunk = starts[first:first + batch_size]
-        out = predict_fn(np.stack([x[y:y + tile_h, x0:x0 + tile_w] for y, x0 in chunk]))
+        out = predict_fn(np.stack([source[y - origin[0]:y - origin[0] + tile_h, x - origin[1]:x - origin[1] + tile_w]
+                                   for y, x in chunk]))
         if total is None:
-            total = np.zeros((padded_h, padded_w, out.shape[-1]), np.float64)
-            weight_sum = np.zeros((padded_h, padded_w, 1), np.float64)
-        for (y, x0), tile in zip(chunk, out):
-            w = np.outer(_axis_weights(tile_h, y, padded_h, layout["margin"], layout["ramp"]),
-                         _axis_weights(tile_w, x0, padded_w, layout["margin"], layout["ramp"]))[..., None]
-            total[y:y + tile_h, x0:x0 + tile_w] += w * tile
-            weight_sum[y:y + tile_h, x0:x0 + tile_w] += w
+            total = np.zeros((y1 - y0, x1 - x0, out.shape[-1]), np.float64)
+            weight_sum = np.zeros((y1 - y0, x1 - x0, 1), np.float64)
+        for (y, x), tile in zip(chunk, out):
+            w = np.outer(_axis_weights(tile_h, y, padded_h, margin, ramp),
+                         _axis_weights(tile_w, x, padded_w, margin, ramp))[..., None]
+            top, left, bottom, right = max(y, y0), max(x, x0), min(y + tile_h, y1), min(x + tile_w, x1)
+            if bottom <= top or right <= left:
+                continue
+            total[top - y0:bottom - y0, left - x0:right - x0] += (w * tile)[top - y:bottom - y, left - x:right - x]
+            weight_sum[top - y0:bottom - y0, left - x0:right - x0] += w[top - y:bottom - y, left - x:right - x]
         bar.update(len(chunk))
     bar.close()
-    return (total / weight_sum)[:height, :width].astype(np.float32)
+    return (total / weight_sum).astype(np.float32)
