@@ -123,3 +123,72 @@ def test_unreadable_and_non_image_arrays_are_named(tmp_path):
         assert name in str(error.value)
     with pytest.raises(DataError, match="pyramid level 2"):
         open_lazy(tmp_path / "whole.tif", level=2)
+
+
+def _nuclei_run(tmp_path):
+    """A run folder holding the bright-disks model (as training saves a run)."""
+    run = tmp_path / "run"
+    run.mkdir()
+    _bright_disks_model().save(run / "best.keras")
+    Config(kind="dsb2018", head="boundary", num_classes=3, tile_size=64, tta=False, color_mode="gray",
+           extra={"palette": [[0, 0, 0], [255, 220, 0], [255, 0, 200]]}).save(run / "config.json")
+    return run
+
+
+def _disks_tiff(tmp_path, shape=(200, 260)):
+    import tifffile
+
+    image = np.full((*shape, 3), 20, np.uint8)
+    for centre in [(64, 64), (60, 128), (130, 62), (128, 128), (150, 200), (30, 230), (190, 20)]:
+        image[disk(shape, centre, 10)] = 220
+    tifffile.imwrite(tmp_path / "big.tif", image, tile=(64, 64))
+    return tmp_path / "big.tif", image
+
+
+def test_large_image_to_ome_zarr_equals_in_memory_and_resumes(tmp_path):
+    import zarr
+
+    from unet.large_images import RECORDS, predict_large_image
+    from unet.nuclei import nucleus_table
+    from unet.run import Run
+
+    run, (path, image) = _nuclei_run(tmp_path), _disks_tiff(tmp_path)
+    out = tmp_path / "out.zarr"
+    first = predict_large_image(run, path, out, block_size=64, halo=32, progress=False)
+    assert first["blocks"] == first["blocks_computed"] == 20 and first["nuclei"] == 7 and first["cut_components"] == 0
+    labels = zarr.open_array(str(out / "0"), mode="r")[:]
+    in_memory = Run.load(run).predict(image)[1]
+    assert nuclei_scores(in_memory, labels)["map"] == 1.0 and len(np.unique(labels)) == 8
+    group = zarr.open_group(str(out), mode="r")
+    assert group.attrs["multiscales"][0]["datasets"][0]["path"] == "0" and (out / "overview.png").is_file()
+    import csv
+
+    rows = list(csv.DictReader(open(out / "nuclei.csv")))
+    expected = sorted(nucleus_table("", image, in_memory), key=lambda row: (row["centroid_y"], row["centroid_x"]))
+    rows = sorted(rows, key=lambda row: (float(row["centroid_y"]), float(row["centroid_x"])))
+    for row, want in zip(rows, expected, strict=True):
+        for key in ("area", "centroid_y", "centroid_x", "equivalent_diameter", "eccentricity", "mean_intensity"):
+            assert float(row[key]) == pytest.approx(want[key], abs=2e-3), key
+    # interrupted: one block's record lost (its chunk maybe half written): only that block runs again
+    record = sorted((out / RECORDS).glob("*.npz"))[5]
+    record.unlink()
+    again = predict_large_image(run, path, out, block_size=64, halo=32, progress=False)
+    assert again["blocks_computed"] == 1 and np.array_equal(zarr.open_array(str(out / "0"), mode="r")[:], labels)
+    with pytest.raises(DataError, match="holds another prediction .*block_size"):
+        predict_large_image(run, path, out, block_size=128, halo=32, progress=False)
+
+
+def test_a_local_cluster_of_two_worker_processes_gives_the_same_labels(tmp_path):
+    import zarr
+    from distributed import LocalCluster
+
+    from unet.large_images import predict_large_image
+
+    run, (path, _) = _nuclei_run(tmp_path), _disks_tiff(tmp_path)
+    predict_large_image(run, path, tmp_path / "local.zarr", block_size=64, halo=32, progress=False)
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        summary = predict_large_image(run, path, tmp_path / "cluster.zarr", block_size=64, halo=32, progress=False,
+                                      scheduler=cluster.scheduler_address)
+    assert summary["blocks_computed"] == 20
+    assert np.array_equal(zarr.open_array(str(tmp_path / "cluster.zarr" / "0"), mode="r")[:],
+                          zarr.open_array(str(tmp_path / "local.zarr" / "0"), mode="r")[:])

@@ -85,6 +85,10 @@ def _predict(args) -> int:
     from .outputs import predict_folder, written_files
     from .run import Run
 
+    if (args.images is None) == (args.image is None):
+        raise DataError("give --images FOLDER (a folder of images) or --image FILE (one large image), not both")
+    if args.image is not None:
+        return _predict_large(args)
     if not args.images.is_dir():
         raise DataError(f"{args.images}: {'is a file, not' if args.images.exists() else 'no such'} folder "
                         "(--images takes a folder of images or a dataset folder)")
@@ -97,6 +101,23 @@ def _predict(args) -> int:
     dataset = load_folder(args.images, run.config)
     predict_folder(run, dataset, args.out, progress=not args.quiet, inputs=[args.images])
     print(f"{len(dataset)} images predicted into {args.out}: {written_files(run.config.kind)}")
+    return 0
+
+
+def _predict_large(args) -> int:
+    from .large_images import predict_large_image
+
+    settings = {k: v for k, v in (("tile_size", args.tile_size), ("tile_overlap", args.tile_overlap),
+                                  ("batch_size", args.batch_size), ("min_nucleus_area", args.min_area),
+                                  ("tta", args.tta)) if v is not None}
+    summary = predict_large_image(args.model, args.image, args.out, args.block_size, args.halo, args.level,
+                                  args.scheduler, args.workers, progress=not args.quiet, **settings)
+    found = f", {summary['nuclei']} nuclei (nuclei.csv)" if summary["nuclei"] is not None else ""
+    print(f"{args.image} predicted into {args.out} ({summary['blocks_computed']} of {summary['blocks']} blocks "
+          f"computed, {summary['seconds']:.0f} s{found}); overview.png shows it")
+    if summary["cut_components"]:
+        print(f"warning: {summary['cut_components']} nuclei reach beyond the halo of their block; a larger "
+              "--halo makes their ids agree across blocks")
     return 0
 
 
@@ -183,9 +204,15 @@ class _Parser(argparse.ArgumentParser):
 def _add_predict_command(commands) -> None:
     predict = commands.add_parser("predict", help="predict a folder of images with a trained model")
     predict.add_argument("--model", required=True, type=Path, help="best.keras or last.keras of a run")
-    predict.add_argument("--images", required=True, type=Path,
-                         help="a folder of images, or a dataset folder in either layout")
+    predict.add_argument("--images", type=Path, help="a folder of images, or a dataset folder in either layout")
+    predict.add_argument("--image", type=Path, help="one image larger than memory (TIFF/OME-TIFF, zarr/OME-Zarr, "
+                         "PNG/JPEG), predicted block by block into --out OUT.zarr")
     predict.add_argument("--out", required=True, type=Path)
+    predict.add_argument("--block-size", type=int, default=4096, help="--image: block side in pixels")
+    predict.add_argument("--halo", type=int, default=128, help="--image, nuclei: context around each block (px)")
+    predict.add_argument("--level", type=int, default=0, help="--image: pyramid level (0: full resolution)")
+    predict.add_argument("--scheduler", help="--image: address of a dask.distributed scheduler (default: local)")
+    predict.add_argument("--workers", type=int, default=1, help="--image: local threads")
     predict.add_argument("--tile-size", type=int)
     predict.add_argument("--tile-overlap", type=float)
     predict.add_argument("--batch-size", type=int)

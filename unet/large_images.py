@@ -1,0 +1,252 @@
+"""Images larger than memory predicted into OME-Zarr labels, block by block on Dask.
+
+``predict_large_image(run, image, out)`` reads the image lazily (``lazy.open_lazy``), computes
+its normalisation statistics once, and sends one task per block (``blockwise``) to a Dask
+cluster: by default an in-process one (threads), or any ``dask.distributed`` scheduler
+(``scheduler='tcp://...'``; each worker loads the run and opens the image itself). Every block
+writes its own chunks of ``OUT.zarr/0`` and then a record in ``OUT.zarr/.blocks/``; a block
+without a record is not done, so an interrupted run started again computes only what is
+missing. Finally the pyramid levels, the OME-Zarr (NGFF 0.4) metadata, a downsampled overlay
+and, for nuclei, ``nuclei.csv`` (one row per nucleus of the whole image) are written.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .blockwise import DEFAULT_BLOCK, DEFAULT_HALO, BlockPredictor, block_windows
+from .io import DataError, claim_output_folder, save_png, write_csv
+from .preprocess import Statistics
+
+LABELS, RECORDS, OVERVIEW_SIDE = "0", ".blocks", 2048
+MOMENTS = ("area", "sum_y", "sum_x", "sum_yy", "sum_xx", "sum_xy", "sum_intensity")
+
+
+@dataclass(frozen=True)
+class Job:
+    """What a block task needs, as paths and numbers (sent to every worker)."""
+
+    run: str
+    image: str
+    level: int
+    out: str
+    halo: int
+    statistics: Statistics
+    settings: tuple  # inference settings changed from the run's config, as (key, value) pairs
+
+
+_PREDICTORS: dict[Job, BlockPredictor] = {}  # per process: the run loaded and the image opened once
+
+
+def _predictor(job: Job) -> BlockPredictor:
+    if job not in _PREDICTORS:
+        from .lazy import open_lazy
+        from .run import Run
+
+        run = Run.load(job.run).with_settings(**dict(job.settings))
+        _PREDICTORS[job] = BlockPredictor(run.model, run.config, open_lazy(job.image, job.level), job.halo,
+                                          job.statistics)
+    return _PREDICTORS[job]
+
+
+def _record_path(out: Path, window) -> Path:
+    return out / RECORDS / f"{window[0]}_{window[2]}.npz"
+
+
+def predict_block(job: Job, window: tuple[int, int, int, int]) -> dict:
+    """Predict one block, write its chunks, then its record (the block's nucleus moments)."""
+    import zarr
+
+    predictor = _predictor(job)
+    y0, y1, x0, x1 = window
+    if predictor.task.instances:
+        labels, cut = predictor.nuclei(window)
+        pixels = predictor.image[y0:y1, x0:x1]
+        pixels = pixels.compute(scheduler="synchronous") if hasattr(pixels, "compute") else np.asarray(pixels)
+        moments = nucleus_moments(labels, np.asarray(pixels, np.float32).mean(axis=-1), (y0, x0))
+    else:
+        labels, cut, moments = predictor.classes(window), 0, {}
+    zarr.open_array(str(Path(job.out) / LABELS), mode="r+")[y0:y1, x0:x1] = labels
+    record = _record_path(Path(job.out), window)
+    with tempfile.NamedTemporaryFile(dir=record.parent, suffix=".npz", delete=False) as handle:
+        np.savez(handle, cut=cut, **moments)
+    os.replace(handle.name, record)
+    return {"window": window, "cut": cut}
+
+
+def nucleus_moments(labels: np.ndarray, intensity: np.ndarray, origin: tuple[int, int]) -> dict[str, np.ndarray]:
+    """Per nucleus id of a block: pixel count and sums of coordinates (image coordinates), their
+    squares and products, and intensity; blocks' sums add up to the whole nucleus's."""
+    ids, inverse = np.unique(labels, return_inverse=True)
+    inverse = inverse.ravel()
+    ys, xs = np.indices(labels.shape, dtype=np.float64)
+    ys, xs = (ys + origin[0]).ravel(), (xs + origin[1]).ravel()
+    sums = {"area": np.ones_like(ys), "sum_y": ys, "sum_x": xs, "sum_yy": ys * ys, "sum_xx": xs * xs,
+            "sum_xy": ys * xs, "sum_intensity": intensity.ravel().astype(np.float64)}
+    keep = ids > 0
+    return {"ids": ids[keep], **{key: np.bincount(inverse, weights=value, minlength=len(ids))[keep]
+                                 for key, value in sums.items()}}
+
+
+def nucleus_rows(records: list[dict]) -> list[dict]:
+    """``nuclei.csv`` rows of the whole image from the blocks' moments (as ``nuclei.nucleus_table``)."""
+    ids = np.concatenate([r["ids"] for r in records]) if records else np.zeros(0, np.uint64)
+    unique, inverse = np.unique(ids, return_inverse=True)
+    total = {key: np.bincount(inverse, weights=np.concatenate([r[key] for r in records]), minlength=len(unique))
+             for key in MOMENTS} if len(ids) else {key: np.zeros(0) for key in MOMENTS}
+    rows = []
+    for i, nucleus in enumerate(unique):
+        area = total["area"][i]
+        cy, cx = total["sum_y"][i] / area, total["sum_x"][i] / area
+        cov_yy = total["sum_yy"][i] / area - cy * cy
+        cov_xx = total["sum_xx"][i] / area - cx * cx
+        cov_xy = total["sum_xy"][i] / area - cy * cx
+        spread = np.sqrt(max(((cov_yy - cov_xx) / 2) ** 2 + cov_xy**2, 0.0))
+        major, minor = (cov_yy + cov_xx) / 2 + spread, (cov_yy + cov_xx) / 2 - spread
+        rows.append({"image": "", "label": int(nucleus), "area": int(area), "centroid_y": round(cy, 2),
+                     "centroid_x": round(cx, 2), "equivalent_diameter": round(float(np.sqrt(4 * area / np.pi)), 3),
+                     "eccentricity": round(float(np.sqrt(1 - minor / major)) if major > 0 else 0.0, 4),
+                     "mean_intensity": round(total["sum_intensity"][i] / area, 3)})
+    return rows
+
+
+def _client(scheduler: str | None, workers: int):
+    """A client of ``scheduler``, or of an in-process cluster of ``workers`` threads."""
+    from distributed import Client, LocalCluster
+
+    if scheduler:
+        return Client(scheduler), None
+    cluster = LocalCluster(processes=False, n_workers=1, threads_per_worker=workers, dashboard_address=None,
+                           silence_logs=logging.WARNING)
+    return Client(cluster), cluster
+
+
+def _open_output(out: Path, image, description: dict, dtype) -> None:
+    """Create ``OUT.zarr`` with its full-resolution labels array, or check that an existing one
+    holds an interrupted prediction of the same run, image and blocks (then it resumes)."""
+    import zarr
+
+    marker = out / "prediction.json"
+    if marker.is_file():
+        previous = json.loads(marker.read_text())
+        if previous != description:
+            changed = sorted(key for key in description if previous.get(key) != description[key])
+            raise DataError(f"{out}: holds another prediction (different {', '.join(changed)}); "
+                            "choose a new output, or delete it to start again")
+    claim_output_folder(out, [description["image"]], description)
+    (out / RECORDS).mkdir(exist_ok=True)
+    if not (out / LABELS).exists():
+        block = description["block_size"]
+        zarr.create_array(str(out / LABELS), shape=image.shape[:2], chunks=(block, block), dtype=dtype,
+                          fill_value=0, zarr_format=2, chunk_key_encoding={"name": "v2", "separator": "/"})
+
+
+def predict_large_image(run_path, image_path, out, block_size: int = DEFAULT_BLOCK, halo: int = DEFAULT_HALO,
+                        level: int = 0, scheduler: str | None = None, workers: int = 1, progress: bool = True,
+                        **settings) -> dict:
+    """Predict one large image into ``out`` (an ``.zarr`` folder); see the module's note.
+    ``settings`` change inference settings of the run (tta, tile_size, min_nucleus_area, ...)."""
+    from .lazy import open_lazy
+    from .preprocess import Preprocessor
+    from .run import Run
+
+    out, image_path = Path(out), Path(image_path)
+    run = Run.load(run_path).with_settings(**settings)
+    image = open_lazy(image_path, level)
+    height, width = image.shape[:2]
+    nuclei = run.task.instances
+    dtype = (np.uint32 if height * width < 2**32 - 1 else np.uint64) if nuclei else np.uint8
+    description = {"run": str(run.run_dir), "image": str(image_path), "level": level, "block_size": block_size,
+                   "halo": halo, "shape": [height, width], "settings": {k: settings[k] for k in sorted(settings)}}
+    _open_output(out, image, description, dtype)
+    job = Job(str(run.run_dir), str(image_path), level, str(out), halo,
+              Preprocessor.for_config(run.config).statistics(image), tuple(sorted(settings.items())))
+    windows = block_windows(height, width, block_size)
+    pending = [w for w in windows if not _record_path(out, w).is_file()]
+    start = time.perf_counter()
+    if pending:
+        _run_blocks(job, pending, scheduler, workers, progress)
+    records = [dict(np.load(_record_path(out, w))) for w in windows]
+    summary = _finish(out, run, image, records, nuclei)
+    return {**summary, "blocks": len(windows), "blocks_computed": len(pending), "seconds": time.perf_counter() - start,
+            "cut_components": int(sum(int(r["cut"]) for r in records))}
+
+
+def _run_blocks(job: Job, pending: list, scheduler: str | None, workers: int, progress: bool) -> list[dict]:
+    """The pending blocks as Dask tasks; one progress line per finished block (done/total, time left)."""
+    from distributed import as_completed
+
+    client, cluster = _client(scheduler, workers)
+    try:
+        futures = client.map(predict_block, [job] * len(pending), pending, pure=False)
+        results, start = [], time.perf_counter()
+        for done, future in enumerate(as_completed(futures), 1):
+            results.append(future.result())
+            if progress:
+                elapsed = time.perf_counter() - start
+                print(f"  blocks {done}/{len(pending)} ({elapsed:.0f} s, about "
+                      f"{elapsed / done * (len(pending) - done):.0f} s left)", flush=True)
+        return results
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+def _finish(out: Path, run, image, records: list[dict], nuclei: bool) -> dict:
+    """Pyramid levels, OME-Zarr metadata, the overview overlay and the nuclei table."""
+    import dask.array as da
+    import zarr
+
+    levels = [LABELS]
+    labels = da.from_zarr(str(out / LABELS))
+    while max(labels.shape) > 1024:
+        labels = labels[::2, ::2]
+        levels.append(str(len(levels)))
+        labels.rechunk(1024).to_zarr(str(out / levels[-1]), overwrite=True, zarr_format=2,
+                                     chunk_key_encoding={"name": "v2", "separator": "/"})
+        labels = da.from_zarr(str(out / levels[-1]))
+    group = zarr.open_group(str(out), mode="a", zarr_format=2)
+    group.attrs.update(ome_zarr_attributes(levels, run, nuclei))
+    _write_overview(out, run, image, nuclei)
+    if not nuclei:
+        return {"nuclei": None}
+    rows = nucleus_rows(records)
+    from .nuclei import TABLE_COLUMNS
+
+    write_csv(out / "nuclei.csv", rows, TABLE_COLUMNS)
+    return {"nuclei": len(rows)}
+
+
+def ome_zarr_attributes(levels: list[str], run, nuclei: bool) -> dict:
+    """NGFF 0.4 ``multiscales`` and ``image-label`` metadata of the labels (colours for tissue)."""
+    datasets = [{"path": path, "coordinateTransformations": [{"type": "scale", "scale": [2.0**i, 2.0**i]}]}
+                for i, path in enumerate(levels)]
+    label = {"version": "0.4", "source": {"image": "../.."}}
+    if not nuclei:
+        label["colors"] = [{"label-value": i, "rgba": [*map(int, rgb), 255]} for i, rgb in enumerate(run.palette)]
+    return {"multiscales": [{"version": "0.4", "name": "labels", "axes": [{"name": "y", "type": "space"},
+                                                                          {"name": "x", "type": "space"}],
+                             "datasets": datasets}], "image-label": label}
+
+
+def _write_overview(out: Path, run, image, nuclei: bool) -> None:
+    """``overview.png``: the labels drawn over the image, at most ``OVERVIEW_SIDE`` px a side."""
+    import zarr
+    from skimage.segmentation import relabel_sequential
+
+    step = max(1, -(-max(image.shape[:2]) // OVERVIEW_SIDE))
+    small = np.asarray(image[::step, ::step])
+    labels = np.asarray(zarr.open_array(str(out / LABELS), mode="r")[::step, ::step])
+    if nuclei:
+        labels = relabel_sequential(labels)[0]
+    save_png(out / "overview.png", run.task.draw(small, labels, run.palette))
+
