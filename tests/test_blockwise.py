@@ -192,3 +192,22 @@ def test_a_local_cluster_of_two_worker_processes_gives_the_same_labels(tmp_path)
     assert summary["blocks_computed"] == 20
     assert np.array_equal(zarr.open_array(str(tmp_path / "cluster.zarr" / "0"), mode="r")[:],
                           zarr.open_array(str(tmp_path / "local.zarr" / "0"), mode="r")[:])
+
+
+def test_predict_a_large_image_through_the_command_line(tmp_path, capsys):
+    from unet.cli import main as cli
+
+    run, (path, _) = _nuclei_run(tmp_path), _disks_tiff(tmp_path)
+    code = cli(["predict", "--model", str(run), "--image", str(path), "--out", str(tmp_path / "out.zarr"),
+                "--block-size", "128", "--quiet"])
+    out = capsys.readouterr().out
+    assert code == 0 and "6 of 6 blocks computed" in out and "7 nuclei" in out
+    assert (tmp_path / "out.zarr" / "nuclei.csv").is_file()
+    (tmp_path / "broken.tif").write_bytes(path.read_bytes()[:300])
+    code = cli(["predict", "--model", str(run), "--image", str(tmp_path / "broken.tif"), "--out",
+                str(tmp_path / "broken.zarr")])
+    err = capsys.readouterr().err
+    assert code == 1 and err.count("\n") == 1 and "broken.tif: truncated TIFF" in err
+    code = cli(["predict", "--model", str(run), "--image", str(path), "--images", str(tmp_path), "--out",
+                str(tmp_path / "x")])
+    assert code == 1 and "not both" in capsys.readouterr().err

@@ -194,3 +194,21 @@ def test_unlabelled_test_images_are_predicted_and_validation_is_scored_from_memo
     assert (out / "test" / "masks" / f"{test_set.ids[0]}.png").is_file()
     on_disk, _, _ = evaluate_folder(out / "validation", val_set)  # the PNGs written say the same
     assert summary["mean_iou"] == pytest.approx(on_disk["mean_iou"]) and confusion.sum() == 512 * 512
+
+
+def test_a_folder_predicted_as_dask_tasks_writes_the_same_files(tiny_sample, tmp_path):
+    from distributed import LocalCluster
+
+    from unet.data import load_dataset
+    from unet.outputs import predict_folder
+
+    run = Run.load(fake_run(tmp_path, "dsb2018", 3, [[0, 0, 0], [255, 255, 0], [255, 0, 255]]))
+    data = load_dataset(tiny_sample / "dsb2018" / "stage1_test", npy_dir=tmp_path / "npy", require_labels=False,
+                        progress=False, verbose=False)
+    local = predict_folder(run, data, tmp_path / "local", progress=False)
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        remote = predict_folder(run, data, tmp_path / "cluster", progress=False, scheduler=cluster.scheduler_address)
+    assert list(remote) == list(local) == data.ids
+    assert all(np.array_equal(local[i], remote[i]) for i in data.ids)
+    for name in ("nuclei.csv", "submission.csv"):
+        assert (tmp_path / "local" / name).read_text() == (tmp_path / "cluster" / name).read_text()

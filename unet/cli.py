@@ -99,7 +99,8 @@ def _predict(args) -> int:
                                  ("npy_dir", args.npy_dir), ("tta", args.tta)) if v is not None}
     run = run.with_settings(**changes)
     dataset = load_folder(args.images, run.config)
-    predict_folder(run, dataset, args.out, progress=not args.quiet, inputs=[args.images])
+    predict_folder(run, dataset, args.out, progress=not args.quiet, inputs=[args.images], scheduler=args.scheduler,
+                   workers=args.workers)
     print(f"{len(dataset)} images predicted into {args.out}: {written_files(run.config.kind)}")
     return 0
 
@@ -211,8 +212,9 @@ def _add_predict_command(commands) -> None:
     predict.add_argument("--block-size", type=int, default=4096, help="--image: block side in pixels")
     predict.add_argument("--halo", type=int, default=128, help="--image, nuclei: context around each block (px)")
     predict.add_argument("--level", type=int, default=0, help="--image: pyramid level (0: full resolution)")
-    predict.add_argument("--scheduler", help="--image: address of a dask.distributed scheduler (default: local)")
-    predict.add_argument("--workers", type=int, default=1, help="--image: local threads")
+    predict.add_argument("--scheduler", help="address of a dask.distributed scheduler: blocks (--image) or images "
+                         "(--images) run as its tasks (default: in this process)")
+    predict.add_argument("--workers", type=int, default=1, help="local threads for the tasks")
     predict.add_argument("--tile-size", type=int)
     predict.add_argument("--tile-overlap", type=float)
     predict.add_argument("--batch-size", type=int)

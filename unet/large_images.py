@@ -12,8 +12,8 @@ and, for nuclei, ``nuclei.csv`` (one row per nucleus of the whole image) are wri
 
 from __future__ import annotations
 
+import functools
 import json
-import logging
 import os
 import tempfile
 import time
@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from .blockwise import DEFAULT_BLOCK, DEFAULT_HALO, BlockPredictor, block_windows
+from .cluster import map_tasks
 from .io import DataError, claim_output_folder, save_png, write_csv
 from .preprocess import Statistics
 
@@ -32,29 +33,33 @@ MOMENTS = ("area", "sum_y", "sum_x", "sum_yy", "sum_xx", "sum_xy", "sum_intensit
 
 @dataclass(frozen=True)
 class Job:
-    """What a block task needs, as paths and numbers (sent to every worker)."""
+    """What a block task needs (sent to every worker): the run's spec, the image and the output."""
 
-    run: str
+    run: tuple  # Run.spec(): the model file and the config with the settings asked for
     image: str
     level: int
     out: str
     halo: int
     statistics: Statistics
-    settings: tuple  # inference settings changed from the run's config, as (key, value) pairs
+
+    @property
+    def key(self) -> tuple:
+        return self.run[0], json.dumps(self.run[1].to_dict(), sort_keys=True, default=str), self.image, self.level, \
+            self.halo, self.statistics
 
 
-_PREDICTORS: dict[Job, BlockPredictor] = {}  # per process: the run loaded and the image opened once
+_PREDICTORS: dict[tuple, BlockPredictor] = {}  # per process: the image opened once per job
 
 
 def _predictor(job: Job) -> BlockPredictor:
-    if job not in _PREDICTORS:
+    if job.key not in _PREDICTORS:
         from .lazy import open_lazy
         from .run import Run
 
-        run = Run.load(job.run).with_settings(**dict(job.settings))
-        _PREDICTORS[job] = BlockPredictor(run.model, run.config, open_lazy(job.image, job.level), job.halo,
-                                          job.statistics)
-    return _PREDICTORS[job]
+        run = Run.from_spec(job.run)
+        _PREDICTORS[job.key] = BlockPredictor(run.model, run.config, open_lazy(job.image, job.level), job.halo,
+                                              job.statistics)
+    return _PREDICTORS[job.key]
 
 
 def _record_path(out: Path, window) -> Path:
@@ -118,17 +123,6 @@ def nucleus_rows(records: list[dict]) -> list[dict]:
     return rows
 
 
-def _client(scheduler: str | None, workers: int):
-    """A client of ``scheduler``, or of an in-process cluster of ``workers`` threads."""
-    from distributed import Client, LocalCluster
-
-    if scheduler:
-        return Client(scheduler), None
-    cluster = LocalCluster(processes=False, n_workers=1, threads_per_worker=workers, dashboard_address=None,
-                           silence_logs=logging.WARNING)
-    return Client(cluster), cluster
-
-
 def _open_output(out: Path, image, description: dict, dtype) -> None:
     """Create ``OUT.zarr`` with its full-resolution labels array, or check that an existing one
     holds an interrupted prediction of the same run, image and blocks (then it resumes)."""
@@ -167,38 +161,16 @@ def predict_large_image(run_path, image_path, out, block_size: int = DEFAULT_BLO
     description = {"run": str(run.run_dir), "image": str(image_path), "level": level, "block_size": block_size,
                    "halo": halo, "shape": [height, width], "settings": {k: settings[k] for k in sorted(settings)}}
     _open_output(out, image, description, dtype)
-    job = Job(str(run.run_dir), str(image_path), level, str(out), halo,
-              Preprocessor.for_config(run.config).statistics(image), tuple(sorted(settings.items())))
+    job = Job(run.spec(), str(image_path), level, str(out), halo, Preprocessor.for_config(run.config).statistics(image))
     windows = block_windows(height, width, block_size)
     pending = [w for w in windows if not _record_path(out, w).is_file()]
     start = time.perf_counter()
     if pending:
-        _run_blocks(job, pending, scheduler, workers, progress)
+        map_tasks(functools.partial(predict_block, job), pending, scheduler, workers, progress, "blocks")
     records = [dict(np.load(_record_path(out, w))) for w in windows]
     summary = _finish(out, run, image, records, nuclei)
     return {**summary, "blocks": len(windows), "blocks_computed": len(pending), "seconds": time.perf_counter() - start,
             "cut_components": int(sum(int(r["cut"]) for r in records))}
-
-
-def _run_blocks(job: Job, pending: list, scheduler: str | None, workers: int, progress: bool) -> list[dict]:
-    """The pending blocks as Dask tasks; one progress line per finished block (done/total, time left)."""
-    from distributed import as_completed
-
-    client, cluster = _client(scheduler, workers)
-    try:
-        futures = client.map(predict_block, [job] * len(pending), pending, pure=False)
-        results, start = [], time.perf_counter()
-        for done, future in enumerate(as_completed(futures), 1):
-            results.append(future.result())
-            if progress:
-                elapsed = time.perf_counter() - start
-                print(f"  blocks {done}/{len(pending)} ({elapsed:.0f} s, about "
-                      f"{elapsed / done * (len(pending) - done):.0f} s left)", flush=True)
-        return results
-    finally:
-        client.close()
-        if cluster is not None:
-            cluster.close()
 
 
 def _finish(out: Path, run, image, records: list[dict], nuclei: bool) -> dict:

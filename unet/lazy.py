@@ -9,6 +9,7 @@ the level asked for; level 0 is full resolution.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -51,14 +52,15 @@ def _open_tiff(path: Path, level: int):
     import tifffile
     import zarr
 
+    logging.getLogger("tifffile").setLevel(logging.CRITICAL)  # its damaged-tag messages: our one line says it
     with tifffile.TiffFile(path) as tiff:
         series = tiff.series[0]
         levels, axes = len(series.levels), series.axes
         size = path.stat().st_size
-        for page in series.pages:  # a truncated file: image data past its end
-            if page is not None and any(offset + count > size for offset, count in
-                                        zip(page.dataoffsets, page.databytecounts)):
-                raise DataError(f"{path}: truncated TIFF (image data runs past the end of the file, "
+        for page in series.pages:  # a truncated file: tags lost, or image data past its end
+            if page is None or not page.dataoffsets or not any(page.databytecounts) or any(
+                    offset + count > size for offset, count in zip(page.dataoffsets, page.databytecounts)):
+                raise DataError(f"{path}: truncated TIFF (image data missing or past the end of the file, "
                                 f"{size} bytes)")
     if level >= levels:
         raise DataError(f"{path}: pyramid level {level} asked for, the file has {levels}")

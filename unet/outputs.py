@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -28,32 +29,49 @@ def thumbnail(frame: np.ndarray, side: int = 512) -> np.ndarray:
     return np.asarray(Image.fromarray(frame).resize(size, Image.Resampling.LANCZOS))
 
 
-def predict_folder(run, dataset, out: str | Path, progress: bool = True, inputs=()) -> dict[str, np.ndarray]:
+def predict_one(run, image_id: str, image: np.ndarray, truth: np.ndarray | None, out: Path) -> dict:
+    """Predict one image, write its mask and overlay; its labels, table rows and GIF frames."""
+    task, palette = run.task, run.palette
+    labels = run.predict(image)[1]
+    task.save_mask(out / "masks" / f"{image_id}.png", labels, palette)
+    save_png(out / "overlays" / f"{image_id}.png",
+             overlay_panel(image, labels, truth, instances=task.instances, palette=palette))
+    return {"labels": labels, "tables": task.table_rows(image_id, image, labels), "input": thumbnail(image),
+            "output": thumbnail(task.draw(image, labels, palette))}
+
+
+def _predict_task(spec, out: Path, item) -> dict:
+    """``predict_one`` in a Dask worker: the run rebuilt from its spec (read once per process)."""
+    from .run import Run
+
+    return predict_one(Run.from_spec(spec), *item, out)
+
+
+def predict_folder(run, dataset, out: str | Path, progress: bool = True, inputs=(), scheduler: str | None = None,
+                   workers: int = 1) -> dict[str, np.ndarray]:
     """Predict every image of ``dataset`` with ``run`` (a :class:`~unet.run.Run`) and write
     everything to ``out``, which must lie outside the dataset's folder and ``inputs`` (see
-    ``io.claim_output_folder``). Returns the predicted label maps by id."""
-    config, task = run.config, run.task
+    ``io.claim_output_folder``). With a ``scheduler`` address (or ``workers`` > 1) the images
+    are Dask tasks. Returns the predicted label maps by id."""
+    task = run.task
     out = claim_output_folder(out, [dataset.source, *inputs] if dataset.source else inputs,
-                              {"run": config.run_name, "images": dataset.source, "count": len(dataset)})
-    palette = run.palette
+                              {"run": run.config.run_name, "images": dataset.source, "count": len(dataset)})
     truths = task.truths(dataset)
-    predictions, tables, input_frames, output_frames = {}, {name: [] for name in task.tables}, [], []
-    for index in show_progress(range(len(dataset)), "predicting", enabled=progress):
-        image_id, image = dataset.ids[index], np.asarray(dataset.images[index])
-        labels = predictions[image_id] = run.predict(image)[1]
-        task.save_mask(out / "masks" / f"{image_id}.png", labels, palette)
-        for name, rows in task.table_rows(image_id, image, labels).items():
-            tables[name] += rows
-        truth = None if truths is None else np.asarray(truths[index])
-        save_png(out / "overlays" / f"{image_id}.png",
-                 overlay_panel(image, labels, truth, instances=task.instances, palette=palette))
-        input_frames.append(thumbnail(image))
-        output_frames.append(thumbnail(task.draw(image, labels, palette)))
-    write_gif(out / "input.gif", input_frames)
-    write_gif(out / "output.gif", output_frames)
+    def item(i):  # read when its turn comes (the dataset is memory-mapped)
+        return dataset.ids[i], np.asarray(dataset.images[i]), None if truths is None else np.asarray(truths[i])
+
+    if scheduler or workers > 1:
+        from .cluster import map_tasks
+
+        results = map_tasks(functools.partial(_predict_task, run.spec(), out), [item(i) for i in range(len(dataset))],
+                            scheduler, workers, progress, "images")
+    else:
+        results = [predict_one(run, *item(i), out) for i in show_progress(range(len(dataset)), "predicting", progress)]
+    write_gif(out / "input.gif", [result["input"] for result in results])
+    write_gif(out / "output.gif", [result["output"] for result in results])
     for name, columns in task.tables.items():
-        write_csv(out / name, tables[name], columns)
-    return predictions
+        write_csv(out / name, [row for result in results for row in result["tables"][name]], columns)
+    return {image_id: result["labels"] for image_id, result in zip(dataset.ids, results)}
 
 
 def written_files(kind: str) -> str:

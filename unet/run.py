@@ -20,6 +20,7 @@ from .config import Config
 from .io import DataError
 
 MODEL_FILE, CONFIG_FILE, HISTORY_FILE, SUMMARY_FILE = "best.keras", "config.json", "history.csv", "summary.json"
+_MODELS: dict[str, object] = {}  # per process: models read by Run.from_spec, by file
 
 
 @dataclass
@@ -31,6 +32,7 @@ class Run:
     config: Config
     history: dict = field(default_factory=dict)
     seconds: float = 0.0
+    model_path: Path | None = None  # the .keras file the model was read from (Run.load)
 
     @classmethod
     def load(cls, path: str | Path) -> "Run":
@@ -59,7 +61,22 @@ class Run:
             config = config.replace(color_mode="gray" if model.input_shape[-1] == 1 else "rgb")
         history_path = path.parent / HISTORY_FILE
         history = read_history(history_path) if history_path.is_file() else {}
-        return cls(path.parent, model, apply_thresholds(config, path.parent), history)
+        return cls(path.parent, model, apply_thresholds(config, path.parent), history, model_path=path)
+
+    def spec(self) -> tuple[str, Config]:
+        """What another process needs to rebuild this run (``Run.from_spec``): the model file and
+        the config with every setting changed here."""
+        if self.model_path is None:
+            raise ValueError("a run trained in this process: save it and Run.load it to send it to workers")
+        return str(self.model_path), self.config
+
+    @classmethod
+    def from_spec(cls, spec: tuple[str, Config]) -> "Run":
+        """The run of ``spec``; each process reads a model file once."""
+        path, config = spec
+        if path not in _MODELS:
+            _MODELS[path] = cls.load(path).model
+        return cls(Path(path).parent, _MODELS[path], config, model_path=Path(path))
 
     @property
     def class_names(self) -> list[str]:
@@ -84,7 +101,8 @@ class Run:
 
     def with_settings(self, **changes) -> "Run":
         """The same model with inference settings changed (tta, tile_size, min_nucleus_area, ...)."""
-        return Run(self.run_dir, self.model, self.config.replace(**changes), self.history, self.seconds)
+        return Run(self.run_dir, self.model, self.config.replace(**changes), self.history, self.seconds,
+                   self.model_path)
 
     @property
     def tensorboard_command(self) -> str:

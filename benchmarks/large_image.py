@@ -1,0 +1,140 @@
+"""Images larger than memory: peak memory and speed of block-wise prediction (synthetic images).
+
+    .venv/bin/python benchmarks/large_image.py --side 20000 --compare-side 4096
+
+1. Writes a synthetic RGB scene of ``--side`` x ``--side`` pixels as a tiled TIFF (tile by tile,
+   never whole in memory) and predicts it with ``unet predict --image`` in a fresh process,
+   reporting wall time and the process's peak RSS (``ru_maxrss``).
+2. Throughput side by side on a ``--compare-side`` image that fits in memory, same model, TTA
+   off: the in-memory tiler (``Run.predict``) against block-wise prediction of the same image
+   from a TIFF; megapixels per second and their ratio.
+The model is an untrained U-Net of the default size (base 16, depth 4) for 4 tissue classes:
+speed and memory do not depend on the weights. Reported in RESULTS.md with the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import numpy as np  # noqa: E402
+
+TILE = 512
+
+
+def scene_tiles(side: int, seed: int = 0):
+    """Tiles (row by row) of a synthetic scene: coloured blobs on a stained background."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:TILE, :TILE]
+    for _ in range(-(-side // TILE) ** 2):
+        tile = np.empty((TILE, TILE, 3), np.uint8)
+        tile[:] = rng.integers(150, 230, 3)
+        for _ in range(6):
+            y, x, r = rng.integers(0, TILE, 2).tolist() + [int(rng.integers(10, 60))]
+            tile[(yy - y) ** 2 + (xx - x) ** 2 < r * r] = rng.integers(20, 200, 3)
+        yield tile
+
+
+def write_scene(path: Path, side: int) -> float:
+    import tifffile
+
+    start = time.perf_counter()
+    tifffile.imwrite(path, scene_tiles(side), shape=(side, side, 3), dtype=np.uint8, tile=(TILE, TILE),
+                     photometric="rgb", compression="zlib", bigtiff=True)
+    return time.perf_counter() - start
+
+
+def make_run(folder: Path) -> Path:
+    import keras
+
+    from unet.config import Config
+    from unet.device import precision_policy, resolve_precision
+    from unet.model import build_unet
+
+    folder.mkdir(parents=True, exist_ok=True)
+    keras.utils.set_random_seed(0)
+    with precision_policy(resolve_precision("auto")):
+        build_unet(3, 4, 16, 4).save(folder / "best.keras")
+    palette = [[0, 0, 0], [230, 25, 75], [60, 180, 75], [0, 130, 200]]
+    Config(kind="tissue", head="multiclass", num_classes=4, color_mode="rgb", tta=False, batch_size=8,
+           extra={"palette": palette, "class_names": ["a", "b", "c", "d"]}).save(folder / "config.json")
+    return folder
+
+
+CHILD = """
+import json, resource, sys, time
+sys.path.insert(0, {root!r})
+from unet.large_images import predict_large_image
+start = time.perf_counter()
+summary = predict_large_image({run!r}, {image!r}, {out!r}, block_size={block}, progress=False)
+print(json.dumps({{"seconds": time.perf_counter() - start, "blocks": summary["blocks"],
+                  "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}}))
+"""
+
+
+def blockwise_in_fresh_process(run: Path, image: Path, out: Path, block: int) -> dict:
+    code = CHILD.format(root=str(ROOT), run=str(run), image=str(image), out=str(out), block=block)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    if result.returncode:
+        raise SystemExit(result.stderr[-3000:])
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def in_memory_seconds(run: Path, image: Path) -> float:
+    """Seconds of ``Run.predict`` on the whole image, read into memory first (not timed)."""
+    from unet.io import read_rgb
+    from unet.run import Run
+
+    loaded, pixels = Run.load(run), read_rgb(image)
+    loaded.predict(pixels[:512, :512])  # warm-up: tracing
+    start = time.perf_counter()
+    loaded.predict(pixels)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--side", type=int, default=20000, help="side of the large image (0: skip)")
+    parser.add_argument("--compare-side", type=int, default=4096, help="side of the side-by-side image (0: skip)")
+    parser.add_argument("--block-size", type=int, default=4096)
+    parser.add_argument("--work", type=Path, help="folder for the images and outputs (default: a temporary one)")
+    args = parser.parse_args()
+    work = args.work or Path(tempfile.mkdtemp(prefix="large-image-"))
+    run = make_run(work / "run")
+    results = {"machine": {"cores": os.cpu_count()}, "block_size": args.block_size}
+    if args.compare_side:
+        image = work / f"scene-{args.compare_side}.tif"
+        write_scene(image, args.compare_side)
+        memory = in_memory_seconds(run, image)
+        blocks = blockwise_in_fresh_process(run, image, work / f"compare-{time.time_ns()}.zarr", args.block_size)
+        megapixels = args.compare_side**2 / 1e6
+        results["compare"] = {"side": args.compare_side, "in_memory_mp_per_s": megapixels / memory,
+                              "blockwise_mp_per_s": megapixels / blocks["seconds"],
+                              "ratio": memory / blocks["seconds"], "blockwise_peak_rss_gb": blocks["peak_rss_gb"]}
+        print(f"{args.compare_side}^2 px, TTA off: in memory {megapixels / memory:.2f} MP/s, block-wise "
+              f"{megapixels / blocks['seconds']:.2f} MP/s (incl. process start, statistics, pyramid, overview): "
+              f"{memory / blocks['seconds']:.0%}", flush=True)
+    if args.side:
+        image = work / f"scene-{args.side}.tif"
+        written = write_scene(image, args.side)
+        large = blockwise_in_fresh_process(run, image, work / "large.zarr", args.block_size)
+        results["large"] = {"side": args.side, "write_seconds": written, **large,
+                            "mp_per_s": args.side**2 / 1e6 / large["seconds"]}
+        print(f"{args.side}^2 px ({image.stat().st_size / 2**30:.2f} GiB TIFF, written in {written:.0f} s): "
+              f"{large['seconds']:.0f} s, {args.side**2 / 1e6 / large['seconds']:.2f} MP/s, peak RSS "
+              f"{large['peak_rss_gb']:.2f} GB", flush=True)
+    print(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
