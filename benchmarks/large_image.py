@@ -8,7 +8,9 @@
 2. Throughput side by side on a ``--compare-side`` image that fits in memory, same model, TTA
    off: the in-memory tiler (``Run.predict``) against block-wise prediction of the same image
    from a TIFF; megapixels per second and their ratio.
-The model is an untrained U-Net of the default size (base 16, depth 4) for 4 tissue classes:
+3. With ``--mosaic-run RUN`` (a trained nuclei run): a mosaic of real 256x256 DSB images predicted in
+   memory and block by block, scored against each other with the DSB2018 metric.
+The model of 1 and 2 is an untrained U-Net of the default size (base 16, depth 4) for 4 tissue classes:
 speed and memory do not depend on the weights. Reported in RESULTS.md with the machine.
 """
 
@@ -102,14 +104,46 @@ def in_memory_seconds(run: Path, image: Path) -> float:
     return time.perf_counter() - start
 
 
+def mosaic_agreement(run: Path, data: Path, work: Path, side: int = 2048, block: int = 512) -> dict:
+    """A trained nuclei run on a mosaic of real 256x256 DSB images (``side`` px a side), in memory
+    and block by block: the DSB2018 score of one against the other and the objects counted."""
+    import tifffile
+    import zarr
+
+    from unet.data import load_dataset
+    from unet.evaluation import nuclei_scores
+    from unet.large_images import predict_large_image
+    from unet.run import Run
+
+    dataset = load_dataset(data, progress=False, verbose=False, stray="ignore", require_labels=False)
+    tiles = [np.asarray(im) for im in dataset.images if np.asarray(im).shape[:2] == (256, 256)]
+    per_side = side // 256
+    if len(tiles) < per_side**2:
+        raise SystemExit(f"{data}: {len(tiles)} images of 256x256, {per_side**2} needed")
+    rows = [np.concatenate(tiles[r * per_side:(r + 1) * per_side], axis=1) for r in range(per_side)]
+    mosaic = np.concatenate(rows, axis=0)
+    tifffile.imwrite(work / "mosaic.tif", mosaic, tile=(256, 256))
+    in_memory = Run.load(run).predict(mosaic)[1]
+    out = work / f"mosaic-{time.time_ns()}.zarr"
+    summary = predict_large_image(run, work / "mosaic.tif", out, block, progress=False)
+    blockwise = zarr.open_array(str(out / "0"), mode="r")[:]
+    score = nuclei_scores(in_memory, blockwise)
+    return {"side": side, "block": block, "map_blockwise_vs_in_memory": score["map"],
+            "in_memory_nuclei": int(in_memory.max()), "blockwise_nuclei": len(np.unique(blockwise)) - 1,
+            "cut_components": summary["cut_components"]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--side", type=int, default=20000, help="side of the large image (0: skip)")
     parser.add_argument("--compare-side", type=int, default=4096, help="side of the side-by-side image (0: skip)")
     parser.add_argument("--block-size", type=int, default=4096)
     parser.add_argument("--work", type=Path, help="folder for the images and outputs (default: a temporary one)")
+    parser.add_argument("--mosaic-run", type=Path, help="a trained nuclei run: also compare on a real DSB mosaic")
+    parser.add_argument("--mosaic-data", type=Path, default=ROOT.parent / "shared/data/dsb2018/stage1_train")
     args = parser.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="large-image-"))
+    work.mkdir(parents=True, exist_ok=True)
     run = make_run(work / "run")
     results = {"machine": {"cores": os.cpu_count()}, "block_size": args.block_size}
     if args.compare_side:
@@ -133,6 +167,11 @@ def main() -> None:
         print(f"{args.side}^2 px ({image.stat().st_size / 2**30:.2f} GiB TIFF, written in {written:.0f} s): "
               f"{large['seconds']:.0f} s, {args.side**2 / 1e6 / large['seconds']:.2f} MP/s, peak RSS "
               f"{large['peak_rss_gb']:.2f} GB", flush=True)
+    if args.mosaic_run:
+        results["mosaic"] = mosaic_agreement(args.mosaic_run, args.mosaic_data, work)
+        print(f"real DSB mosaic {results['mosaic']['side']}^2 px, blocks of {results['mosaic']['block']}: DSB score of "
+              f"block-wise against in-memory {results['mosaic']['map_blockwise_vs_in_memory']:.4f}, nuclei "
+              f"{results['mosaic']['blockwise_nuclei']} vs {results['mosaic']['in_memory_nuclei']}", flush=True)
     print(json.dumps(results, indent=1))
 
 

@@ -211,3 +211,21 @@ def test_predict_a_large_image_through_the_command_line(tmp_path, capsys):
     code = cli(["predict", "--model", str(run), "--image", str(path), "--images", str(tmp_path), "--out",
                 str(tmp_path / "x")])
     assert code == 1 and "not both" in capsys.readouterr().err
+
+
+def test_an_ome_zarr_pyramid_gives_the_level_asked_for(tmp_path):
+    import zarr
+
+    image = _tissue_scene((128, 160))
+    group = zarr.open_group(str(tmp_path / "scan.ome.zarr"), mode="w")
+    for level in (0, 1):
+        planar = np.moveaxis(image[:: 2**level, :: 2**level], 2, 0)
+        group.create_array(str(level), shape=planar.shape, chunks=(3, 64, 64), dtype="uint8")[:] = planar
+    group.attrs["multiscales"] = [{"version": "0.4", "axes": [{"name": "c", "type": "channel"},
+                                                              {"name": "y", "type": "space"},
+                                                              {"name": "x", "type": "space"}],
+                                   "datasets": [{"path": "0"}, {"path": "1"}]}]
+    np.testing.assert_array_equal(open_lazy(tmp_path / "scan.ome.zarr").compute(), image)
+    np.testing.assert_array_equal(open_lazy(tmp_path / "scan.ome.zarr", level=1).compute(), image[::2, ::2])
+    with pytest.raises(DataError, match="level 2 asked for, the image has 2"):
+        open_lazy(tmp_path / "scan.ome.zarr", level=2)

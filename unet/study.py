@@ -97,17 +97,18 @@ def choose_data(task: str, dataset: str = "auto", data_dir: str | Path = "datase
     return DataChoice(kind, train, test, origin)
 
 
-def predict_and_score(run, test_set, val_set, out_dir: str | Path):
+def predict_and_score(run, test_set, val_set, out_dir: str | Path, scheduler: str | None = None):
     """Predict the test images into ``out_dir/test`` and score them. Unlabelled test images
     (Kaggle's stage1_test without its solution) cannot be scored: the validation images are then
     predicted into ``out_dir/validation`` and scored instead. Scores come from the predictions
-    in memory. Returns (the scored dataset, summary, per-image rows, confusion matrix or None)."""
+    in memory. With a ``scheduler`` address the images are tasks of that Dask cluster. Returns
+    (the scored dataset, summary, per-image rows, confusion matrix or None)."""
     from .outputs import predict_folder
 
     out_dir = Path(out_dir)
-    scored_set, predictions = test_set, predict_folder(run, test_set, out_dir / "test")
+    scored_set, predictions = test_set, predict_folder(run, test_set, out_dir / "test", scheduler=scheduler)
     if test_set.masks is None:
-        scored_set, predictions = val_set, predict_folder(run, val_set, out_dir / "validation")
+        scored_set, predictions = val_set, predict_folder(run, val_set, out_dir / "validation", scheduler=scheduler)
     summary, rows, confusion = run.task.score(scored_set, [predictions[i] for i in scored_set.ids])
     return scored_set, summary, rows, confusion
 
