@@ -197,6 +197,9 @@ def main() -> None:
     parser.add_argument("--only", choices=["project", "starter"], help="run one recipe only")
     parser.add_argument("--evaluate", type=Path, metavar="MODEL",
                         help="no training: score this saved project model (a run's best.keras) with its config")
+    parser.add_argument("--tune", action="store_true",
+                        help="with --evaluate: first choose the run's thresholds on its validation images, as "
+                             "training does (for a run whose tuning did not happen)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="change a setting of the project's config (repeatable), e.g. contact_width=2")
     parser.add_argument("--starter-schedule", default="kaggle", choices=["kaggle", "budget"],
@@ -238,7 +241,12 @@ def main() -> None:
     for name in [args.only] if args.only else ["project", "starter"]:
         start = time.perf_counter()
         if name == "project" and args.evaluate:
-            predictions, info = score_saved(dataclasses.replace(saved, config=config), test_set)
+            saved = dataclasses.replace(saved, config=config)
+            if args.tune:
+                from unet.training import tune_thresholds
+
+                tune_thresholds(saved, val_set)
+            predictions, info = score_saved(saved, test_set)
         elif name == "project":
             predictions, info = run_project(config, train_set, val_set, test_set, seconds)
         else:
