@@ -16,13 +16,14 @@ the halo (``cut_components`` counts those that do not).
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from .preprocess import Preprocessor, Statistics
 from .tasks import task_for
-from .tiling import blend_tiles, model_stride, pad_to_layout, tile_layout, tiles_for_window
+from .tiling import blend_tiles, model_stride, pad_to_layout, source_tiles, tile_layout, tiles_for_window
 
 DEFAULT_BLOCK = 4096
 DEFAULT_HALO = 128
@@ -37,6 +38,7 @@ class BlockPredictor:
     image: object  # (H, W, 3) uint8, NumPy or Dask
     halo: int = DEFAULT_HALO
     statistics: Statistics | None = None
+    cache_tiles: int = 256  # tile predictions kept for neighbouring blocks (about 1 MB each)
     layout: dict = field(init=False)
 
     def __post_init__(self):
@@ -50,19 +52,46 @@ class BlockPredictor:
 
         self.predict_fn = predictor(self.model, self.config.tta)
         self.task = task_for(self.config.kind)
+        self.cache: dict[tuple[int, int], np.ndarray] = {}
+        self.lock = threading.Lock()
 
     def probabilities(self, window: tuple[int, int, int, int]) -> np.ndarray:
-        """Probabilities of ``window`` (y0, y1, x0, x1), equal to the whole image's there."""
+        """Probabilities of ``window`` (y0, y1, x0, x1), equal to the whole image's there. Tiles
+        that reach beyond the window are kept for the neighbouring blocks (``cache_tiles``)."""
         height, width = self.image.shape[:2]
         (tile_h, tile_w) = self.layout["tile"]
         starts = tiles_for_window(self.layout, window)
+        if all(start in self.cache for start in starts):
+            return blend_tiles(self._cached_or(None), self.layout, window, self.config.batch_size)
         top, left = min(y for y, _ in starts), min(x for _, x in starts)
         bottom, right = max(y for y, _ in starts) + tile_h, max(x for _, x in starts) + tile_w
         pixels = self.image[top:min(bottom, height), left:min(right, width)]
         pixels = pixels.compute(scheduler="synchronous") if hasattr(pixels, "compute") else pixels
         x = self.preprocessor.apply(pixels, self.statistics)
         x = pad_to_layout(x, self.layout, (height - top, width - left), bottom > height, right > width)
-        return blend_tiles(self.predict_fn, x, (top, left), self.layout, window, self.config.batch_size)
+        predict = source_tiles(self.predict_fn, x, (top, left), self.layout)
+        return blend_tiles(self._cached_or(predict, window), self.layout, window, self.config.batch_size)
+
+    def _cached_or(self, predict, window=None):
+        """Tile predictions from the cache, the others from ``predict``; those reaching beyond
+        ``window`` are cached (the oldest dropped beyond ``cache_tiles``)."""
+        tile_h, tile_w = self.layout["tile"]
+
+        def tiles(starts):
+            with self.lock:
+                known = {start: self.cache[start] for start in starts if start in self.cache}
+            missing = [start for start in starts if start not in known]
+            fresh = dict(zip(missing, predict(missing))) if missing else {}
+            with self.lock:
+                for (y, x), tile in fresh.items():
+                    if window and not (y >= window[0] and y + tile_h <= window[1] and x >= window[2]
+                                       and x + tile_w <= window[3]):
+                        self.cache[(y, x)] = tile
+                        while len(self.cache) > self.cache_tiles:
+                            self.cache.pop(next(iter(self.cache)))
+            return np.stack([fresh[start] if start in fresh else known[start] for start in starts])
+
+        return tiles
 
     def classes(self, window: tuple[int, int, int, int]) -> np.ndarray:
         """The tissue class map (or any task's labels without context) of ``window``."""

@@ -100,7 +100,8 @@ def predict_tiled(predict_fn: Predictor, image: np.ndarray, tile_size: int = 256
     height, width = x.shape[:2]
     layout = tile_layout(height, width, tile_size, overlap, stride)
     padded = pad_to_layout(x, layout)
-    return blend_tiles(predict_fn, padded, (0, 0), layout, (0, height, 0, width), batch_size, progress)
+    return blend_tiles(source_tiles(predict_fn, padded, (0, 0), layout), layout, (0, height, 0, width), batch_size,
+                       progress)
 
 
 def pad_to_layout(x: np.ndarray, layout: dict, size: tuple[int, int] | None = None, bottom: bool = True,
@@ -129,12 +130,24 @@ def tiles_for_window(layout: dict, window: tuple[int, int, int, int]) -> list[tu
             if reaches(y, tile_h, padded_h, y0, y1) and reaches(x, tile_w, padded_w, x0, x1)]
 
 
-def blend_tiles(predict_fn: Predictor, source: np.ndarray, origin: tuple[int, int], layout: dict,
-                window: tuple[int, int, int, int], batch_size: int = 4, progress: bool = False) -> np.ndarray:
+def source_tiles(predict_fn: Predictor, source: np.ndarray, origin: tuple[int, int], layout: dict):
+    """The predictions of a batch of the layout's tiles (their top-left corners), cut from
+    ``source``: the normalised, padded image from ``origin`` (its top-left corner in image
+    coordinates)."""
+    tile_h, tile_w = layout["tile"]
+
+    def predict(starts: list[tuple[int, int]]) -> np.ndarray:
+        return predict_fn(np.stack([source[y - origin[0]:y - origin[0] + tile_h, x - origin[1]:x - origin[1] + tile_w]
+                                    for y, x in starts]))
+
+    return predict
+
+
+def blend_tiles(tile_predictions, layout: dict, window: tuple[int, int, int, int], batch_size: int = 4,
+                progress: bool = False) -> np.ndarray:
     """The blended probabilities of ``window`` (y0, y1, x0, x1 in image coordinates) from the
-    layout's tiles. ``source`` holds the normalised, padded image from ``origin`` (its top-left
-    corner in image coordinates) and must contain every tile that reaches the window. A window
-    gives exactly the values the whole image gives there: same tiles, weights and order."""
+    layout's tiles; ``tile_predictions(starts)`` predicts a batch of them (``source_tiles``). A
+    window gives exactly the values the whole image gives there: same tiles, weights and order."""
     (tile_h, tile_w), (padded_h, padded_w) = layout["tile"], layout["padded"]
     margin, ramp = layout["margin"], layout["ramp"]
     y0, y1, x0, x1 = window
@@ -143,8 +156,7 @@ def blend_tiles(predict_fn: Predictor, source: np.ndarray, origin: tuple[int, in
     bar = tqdm(total=len(starts), desc="tiles", disable=not progress or not bars_shown(), leave=False)
     for first in range(0, len(starts), batch_size):
         chunk = starts[first:first + batch_size]
-        out = predict_fn(np.stack([source[y - origin[0]:y - origin[0] + tile_h, x - origin[1]:x - origin[1] + tile_w]
-                                   for y, x in chunk]))
+        out = tile_predictions(chunk)
         if total is None:
             total = np.zeros((y1 - y0, x1 - x0, out.shape[-1]), np.float64)
             weight_sum = np.zeros((y1 - y0, x1 - x0, 1), np.float64)
