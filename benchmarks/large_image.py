@@ -1,6 +1,6 @@
 """Images larger than memory: peak memory and speed of block-wise prediction (synthetic images).
 
-    .venv/bin/python benchmarks/large_image.py --side 20000 --compare-side 4096
+    .venv/bin/python benchmarks/large_image.py --side 20000 --compare-side 4096 --block-size 2048
 
 1. Writes a synthetic RGB scene of ``--side`` x ``--side`` pixels as a tiled TIFF (tile by tile,
    never whole in memory) and predicts it with ``unet predict --image`` in a fresh process,
@@ -146,7 +146,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--side", type=int, default=20000, help="side of the large image (0: skip)")
     parser.add_argument("--compare-side", type=int, default=4096, help="side of the side-by-side image (0: skip)")
-    parser.add_argument("--block-size", type=int, default=4096)
+    parser.add_argument("--block-size", type=int, default=2048)
     parser.add_argument("--work", type=Path, help="folder for the images and outputs (default: a temporary one)")
     parser.add_argument("--mosaic-run", type=Path, help="a trained nuclei run: also compare on a real DSB mosaic")
     parser.add_argument("--mosaic-data", type=Path, default=ROOT.parent / "shared/data/dsb2018/stage1_train")

@@ -1,6 +1,6 @@
 """Block-wise prediction of images larger than memory, on Dask.
 
-The image is cut into blocks (``block_size``, default 4096 px). Each block is predicted from
+The image is cut into blocks (``block_size``, default 2048 px). Each block is predicted from
 the tiles of the *whole image's* tile layout that reach it, normalised with the whole image's
 statistics (``Preprocessor.statistics``), so its probabilities equal those of the in-memory
 prediction exactly (same tiles, weights and blending); a block reads only the window of the
@@ -25,7 +25,7 @@ from .preprocess import Preprocessor, Statistics
 from .tasks import task_for
 from .tiling import blend_tiles, model_stride, pad_to_layout, source_tiles, tile_layout, tiles_for_window
 
-DEFAULT_BLOCK = 4096
+DEFAULT_BLOCK = 2048  # a block's working memory grows with the square of its side (RESULTS.md: peak RSS)
 DEFAULT_HALO = 128
 
 
@@ -67,8 +67,9 @@ class BlockPredictor:
         bottom, right = max(y for y, _ in starts) + tile_h, max(x for _, x in starts) + tile_w
         pixels = self.image[top:min(bottom, height), left:min(right, width)]
         pixels = pixels.compute(scheduler="synchronous") if hasattr(pixels, "compute") else pixels
-        x = self.preprocessor.apply(pixels, self.statistics)
-        x = pad_to_layout(x, self.layout, (height - top, width - left), bottom > height, right > width)
+        x = pad_to_layout(self.preprocessor.apply(pixels, self.statistics), self.layout, (height - top, width - left),
+                          bottom > height, right > width)
+        del pixels
         predict = source_tiles(self.predict_fn, x, (top, left), self.layout)
         return blend_tiles(self._cached_or(predict, window), self.layout, window, self.config.batch_size)
 

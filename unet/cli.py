@@ -209,7 +209,7 @@ def _add_predict_command(commands) -> None:
     predict.add_argument("--image", type=Path, help="one image larger than memory (TIFF/OME-TIFF, zarr/OME-Zarr, "
                          "PNG/JPEG), predicted block by block into --out OUT.zarr")
     predict.add_argument("--out", required=True, type=Path)
-    predict.add_argument("--block-size", type=int, default=4096, help="--image: block side in pixels")
+    predict.add_argument("--block-size", type=int, default=2048, help="--image: block side in pixels")
     predict.add_argument("--halo", type=int, default=128, help="--image, nuclei: context around each block (px)")
     predict.add_argument("--level", type=int, default=0, help="--image: pyramid level (0: full resolution)")
     predict.add_argument("--scheduler", help="address of a dask.distributed scheduler: blocks (--image) or images "

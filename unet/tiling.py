@@ -170,4 +170,4 @@ def blend_tiles(tile_predictions, layout: dict, window: tuple[int, int, int, int
             weight_sum[top - y0:bottom - y0, left - x0:right - x0] += w[top - y:bottom - y, left - x:right - x]
         bar.update(len(chunk))
     bar.close()
-    return (total / weight_sum).astype(np.float32)
+    return np.divide(total, weight_sum, out=total).astype(np.float32)  # in place: one float64 array, not two
