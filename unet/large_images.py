@@ -166,7 +166,10 @@ def predict_large_image(run_path, image_path, out, block_size: int = DEFAULT_BLO
     pending = [w for w in windows if not _record_path(out, w).is_file()]
     start = time.perf_counter()
     if pending:
-        map_tasks(functools.partial(predict_block, job), pending, scheduler, workers, progress, "blocks")
+        try:
+            map_tasks(functools.partial(predict_block, job), pending, scheduler, workers, progress, "blocks")
+        finally:
+            _PREDICTORS.pop(job.key, None)  # this process's copy (its tile cache) is not needed any more
     records = [dict(np.load(_record_path(out, w))) for w in windows]
     summary = _finish(out, run, image, records, nuclei)
     return {**summary, "blocks": len(windows), "blocks_computed": len(pending), "seconds": time.perf_counter() - start,
