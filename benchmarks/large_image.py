@@ -105,12 +105,18 @@ def side_by_side(run: Path, image: Path, work: Path, block: int) -> dict:
     write_scene(small, 600)
     loaded.predict(pixels[:600, :600])
     start = time.perf_counter()
-    loaded.predict(pixels)
+    in_memory = loaded.predict(pixels)[1]
     memory = time.perf_counter() - start
     predict_large_image(run, small, work / f"warm-up-{time.time_ns()}.zarr", block, progress=False)
-    start = time.perf_counter()
-    predict_large_image(run, image, work / f"compare-{time.time_ns()}.zarr", block, progress=False)
-    return {"in_memory_seconds": memory, "blockwise_seconds": time.perf_counter() - start}
+    start, out = time.perf_counter(), work / f"compare-{time.time_ns()}.zarr"
+    predict_large_image(run, image, out, block, progress=False)
+    seconds = time.perf_counter() - start
+    import zarr
+
+    blockwise = zarr.open_array(str(out / "0"), mode="r")[:]
+    return {"in_memory_seconds": memory, "blockwise_seconds": seconds,
+            "classes_identical": bool(np.array_equal(in_memory, blockwise)),
+            "pixels_differing": int((in_memory != blockwise).sum())}
 
 
 def mosaic_agreement(run: Path, data: Path, work: Path, side: int = 2048, block: int = 512) -> dict:
@@ -164,7 +170,8 @@ def main() -> None:
         results["compare"] = {"side": args.compare_side, **seconds, "in_memory_mp_per_s": megapixels / memory,
                               "blockwise_mp_per_s": megapixels / blocks, "ratio": memory / blocks}
         print(f"{args.compare_side}^2 px, TTA off: in memory {megapixels / memory:.3f} MP/s, block-wise "
-              f"{megapixels / blocks:.3f} MP/s (statistics, blocks, pyramid, overview): {memory / blocks:.0%}",
+              f"{megapixels / blocks:.3f} MP/s (statistics, blocks, pyramid, overview): {memory / blocks:.0%}; "
+              f"classes identical: {seconds['classes_identical']} ({seconds['pixels_differing']} pixels differ)",
               flush=True)
     if args.side:
         image = work / f"scene-{args.side}.tif"

@@ -229,3 +229,26 @@ def test_an_ome_zarr_pyramid_gives_the_level_asked_for(tmp_path):
     np.testing.assert_array_equal(open_lazy(tmp_path / "scan.ome.zarr", level=1).compute(), image[::2, ::2])
     with pytest.raises(DataError, match="level 2 asked for, the image has 2"):
         open_lazy(tmp_path / "scan.ome.zarr", level=2)
+
+
+def test_tissue_classes_and_probabilities_of_a_large_image_equal_in_memory(tmp_path):
+    import tifffile
+    import zarr
+
+    from unet.large_images import predict_large_image
+    from unet.run import Run
+
+    from conftest import fake_run
+
+    image = _tissue_scene((200, 250))
+    tifffile.imwrite(tmp_path / "scan.tif", image, tile=(64, 64))
+    run = fake_run(tmp_path, "tissue", 4, [[0, 0, 0], [230, 25, 75], [60, 180, 75], [255, 225, 25]])
+    summary = predict_large_image(run, tmp_path / "scan.tif", tmp_path / "out.zarr", block_size=128, progress=False,
+                                  probabilities=True, tta=False)
+    probabilities, labels = Run.load(run).with_settings(tta=False).predict(image)
+    assert summary["nuclei"] is None and summary["blocks"] == 4
+    np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "out.zarr" / "0"), mode="r")[:], labels)
+    stored = zarr.open_array(str(tmp_path / "out.zarr" / "probabilities"), mode="r")[:]
+    np.testing.assert_array_equal(stored, probabilities.astype(np.float16))
+    colors = zarr.open_group(str(tmp_path / "out.zarr"), mode="r").attrs["image-label"]["colors"]
+    assert colors[1] == {"label-value": 1, "rgba": [230, 25, 75, 255]}

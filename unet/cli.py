@@ -112,7 +112,8 @@ def _predict_large(args) -> int:
                                   ("batch_size", args.batch_size), ("min_nucleus_area", args.min_area),
                                   ("tta", args.tta)) if v is not None}
     summary = predict_large_image(args.model, args.image, args.out, args.block_size, args.halo, args.level,
-                                  args.scheduler, args.workers, progress=not args.quiet, **settings)
+                                  args.scheduler, args.workers, progress=not args.quiet,
+                                  probabilities=args.probabilities, **settings)
     found = f", {summary['nuclei']} nuclei (nuclei.csv)" if summary["nuclei"] is not None else ""
     print(f"{args.image} predicted into {args.out} ({summary['blocks_computed']} of {summary['blocks']} blocks "
           f"computed, {summary['seconds']:.0f} s{found}); overview.png shows it")
@@ -212,6 +213,8 @@ def _add_predict_command(commands) -> None:
     predict.add_argument("--block-size", type=int, default=2048, help="--image: block side in pixels")
     predict.add_argument("--halo", type=int, default=128, help="--image, nuclei: context around each block (px)")
     predict.add_argument("--level", type=int, default=0, help="--image: pyramid level (0: full resolution)")
+    predict.add_argument("--probabilities", action="store_true",
+                         help="--image, tissue: also write the class probabilities (OUT.zarr/probabilities)")
     predict.add_argument("--scheduler", help="address of a dask.distributed scheduler: blocks (--image) or images "
                          "(--images) run as its tasks (default: in this process)")
     predict.add_argument("--workers", type=int, default=1, help="local threads for the tasks")

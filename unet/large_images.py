@@ -27,7 +27,7 @@ from .cluster import map_tasks
 from .io import DataError, claim_output_folder, save_png, write_csv
 from .preprocess import Statistics
 
-LABELS, RECORDS, OVERVIEW_SIDE = "0", ".blocks", 2048
+LABELS, PROBABILITIES, RECORDS, OVERVIEW_SIDE = "0", "probabilities", ".blocks", 2048
 MOMENTS = ("area", "sum_y", "sum_x", "sum_yy", "sum_xx", "sum_xy", "sum_intensity")
 
 
@@ -41,6 +41,7 @@ class Job:
     out: str
     halo: int
     statistics: Statistics
+    probabilities: bool = False  # tissue: also write the class probabilities (``OUT.zarr/probabilities``)
 
     @property
     def key(self) -> tuple:
@@ -78,7 +79,10 @@ def predict_block(job: Job, window: tuple[int, int, int, int]) -> dict:
         pixels = pixels.compute(scheduler="synchronous") if hasattr(pixels, "compute") else np.asarray(pixels)
         moments = nucleus_moments(labels, np.asarray(pixels, np.float32).mean(axis=-1), (y0, x0))
     else:
-        labels, cut, moments = predictor.classes(window), 0, {}
+        probabilities = predictor.probabilities(window)
+        labels, cut, moments = predictor.task.labels(probabilities, predictor.config), 0, {}
+        if job.probabilities:
+            zarr.open_array(str(Path(job.out) / PROBABILITIES), mode="r+")[y0:y1, x0:x1] = probabilities
     zarr.open_array(str(Path(job.out) / LABELS), mode="r+")[y0:y1, x0:x1] = labels
     record = _record_path(Path(job.out), window)
     with tempfile.NamedTemporaryFile(dir=record.parent, suffix=".npz", delete=False) as handle:
@@ -123,7 +127,7 @@ def nucleus_rows(records: list[dict]) -> list[dict]:
     return rows
 
 
-def _open_output(out: Path, image, description: dict, dtype) -> None:
+def _open_output(out: Path, image, description: dict, dtype, classes: int) -> None:
     """Create ``OUT.zarr`` with its full-resolution labels array, or check that an existing one
     holds an interrupted prediction of the same run, image and blocks (then it resumes)."""
     import zarr
@@ -141,12 +145,17 @@ def _open_output(out: Path, image, description: dict, dtype) -> None:
         block = description["block_size"]
         zarr.create_array(str(out / LABELS), shape=image.shape[:2], chunks=(block, block), dtype=dtype,
                           fill_value=0, zarr_format=2, chunk_key_encoding={"name": "v2", "separator": "/"})
+    if description["probabilities"] and not (out / PROBABILITIES).exists():
+        block = description["block_size"]
+        zarr.create_array(str(out / PROBABILITIES), shape=(*image.shape[:2], classes), chunks=(block, block, classes),
+                          dtype="float16", fill_value=0, zarr_format=2, chunk_key_encoding={"name": "v2", "separator": "/"})
 
 
 def predict_large_image(run_path, image_path, out, block_size: int = DEFAULT_BLOCK, halo: int = DEFAULT_HALO,
                         level: int = 0, scheduler: str | None = None, workers: int = 1, progress: bool = True,
-                        **settings) -> dict:
+                        probabilities: bool = False, **settings) -> dict:
     """Predict one large image into ``out`` (an ``.zarr`` folder); see the module's note.
+    ``probabilities``: tissue class probabilities too (float16, ``OUT.zarr/probabilities``).
     ``settings`` change inference settings of the run (tta, tile_size, min_nucleus_area, ...)."""
     from .lazy import open_lazy
     from .preprocess import Preprocessor
@@ -159,9 +168,11 @@ def predict_large_image(run_path, image_path, out, block_size: int = DEFAULT_BLO
     nuclei = run.task.instances
     dtype = (np.uint32 if height * width < 2**32 - 1 else np.uint64) if nuclei else np.uint8
     description = {"run": str(run.run_dir), "image": str(image_path), "level": level, "block_size": block_size,
-                   "halo": halo, "shape": [height, width], "settings": {k: settings[k] for k in sorted(settings)}}
-    _open_output(out, image, description, dtype)
-    job = Job(run.spec(), str(image_path), level, str(out), halo, Preprocessor.for_config(run.config).statistics(image))
+                   "halo": halo, "shape": [height, width], "settings": {k: settings[k] for k in sorted(settings)},
+                   "probabilities": bool(probabilities and not nuclei)}
+    _open_output(out, image, description, dtype, run.config.num_classes)
+    job = Job(run.spec(), str(image_path), level, str(out), halo, Preprocessor.for_config(run.config).statistics(image),
+              description["probabilities"])
     windows = block_windows(height, width, block_size)
     pending = [w for w in windows if not _record_path(out, w).is_file()]
     start = time.perf_counter()
