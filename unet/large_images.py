@@ -216,7 +216,7 @@ def ome_zarr_attributes(levels: list[str], run, nuclei: bool) -> dict:
     """NGFF 0.4 ``multiscales`` and ``image-label`` metadata of the labels (colours for tissue)."""
     datasets = [{"path": path, "coordinateTransformations": [{"type": "scale", "scale": [2.0**i, 2.0**i]}]}
                 for i, path in enumerate(levels)]
-    label = {"version": "0.4", "source": {"image": "../.."}}
+    label = {"version": "0.4"}  # standalone labels: the image they belong to is named in prediction.json
     if not nuclei:
         label["colors"] = [{"label-value": i, "rgba": [*map(int, rgb), 255]} for i, rgb in enumerate(run.palette)]
     return {"multiscales": [{"version": "0.4", "name": "labels", "axes": [{"name": "y", "type": "space"},
