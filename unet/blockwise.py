@@ -112,10 +112,9 @@ class BlockPredictor:
         ids = np.zeros(int(values.max()) + 1, dtype)
         ids[values] = (outer[0] + rows).astype(dtype) * width + (outer[2] + cols) + 1
         ids[0] = 0
-        core = labels[y0 - outer[0]:y1 - outer[0], x0 - outer[2]:x1 - outer[2]]
-        return ids[core], cut_components(labels, core_box=(y0 - outer[0], y1 - outer[0], x0 - outer[2],
-                                                            x1 - outer[2]), inner_edges=_inner_edges(outer, height,
-                                                                                                     width))
+        core_box = (y0 - outer[0], y1 - outer[0], x0 - outer[2], x1 - outer[2])  # the window inside ``outer``
+        core = labels[core_box[0]:core_box[1], core_box[2]:core_box[3]]
+        return ids[core], cut_components(labels, core_box, _inner_edges(outer, height, width))
 
 
 def _inner_edges(window, height: int, width: int) -> tuple[bool, bool, bool, bool]:
