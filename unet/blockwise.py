@@ -65,8 +65,7 @@ class BlockPredictor:
             return blend_tiles(self._cached_or(None), self.layout, window, self.config.batch_size)
         top, left = min(y for y, _ in starts), min(x for _, x in starts)
         bottom, right = max(y for y, _ in starts) + tile_h, max(x for _, x in starts) + tile_w
-        pixels = self.image[top:min(bottom, height), left:min(right, width)]
-        pixels = pixels.compute(scheduler="synchronous") if hasattr(pixels, "compute") else pixels
+        pixels = self.pixels((top, min(bottom, height), left, min(right, width)))
         x = pad_to_layout(self.preprocessor.apply(pixels, self.statistics), self.layout, (height - top, width - left),
                           bottom > height, right > width)
         del pixels
@@ -94,9 +93,19 @@ class BlockPredictor:
 
         return tiles
 
-    def classes(self, window: tuple[int, int, int, int]) -> np.ndarray:
-        """The tissue class map (or any task's labels without context) of ``window``."""
-        return self.task.labels(self.probabilities(window), self.config)
+    def pixels(self, window: tuple[int, int, int, int]) -> np.ndarray:
+        """The image's pixels in ``window``, read now (a lazy image reads only its chunks there)."""
+        y0, y1, x0, x1 = window
+        pixels = self.image[y0:y1, x0:x1]
+        return pixels.compute(scheduler="synchronous") if hasattr(pixels, "compute") else np.asarray(pixels)
+
+    def labels(self, window: tuple[int, int, int, int]) -> tuple[np.ndarray, int, np.ndarray | None]:
+        """(labels of ``window``: global nucleus ids or the class map, the nuclei cut by the halo,
+        the class probabilities for tasks without instances, else None)."""
+        if self.task.instances:
+            return (*self.nuclei(window), None)
+        probabilities = self.probabilities(window)
+        return self.task.labels(probabilities, self.config), 0, probabilities
 
     def nuclei(self, window: tuple[int, int, int, int]) -> tuple[np.ndarray, int]:
         """(global nucleus ids of ``window``, uint32 or uint64; 0 background, the number of
@@ -108,7 +117,7 @@ class BlockPredictor:
         labels = self.task.labels(self.probabilities(outer), self.config)
         values, first = np.unique(labels, return_index=True)
         rows, cols = np.divmod(first, labels.shape[1])
-        dtype = np.uint32 if height * width < 2**32 - 1 else np.uint64
+        dtype = label_dtype(height, width, instances=True)
         ids = np.zeros(int(values.max()) + 1, dtype)
         ids[values] = (outer[0] + rows).astype(dtype) * width + (outer[2] + cols) + 1
         ids[0] = 0
@@ -133,6 +142,13 @@ def cut_components(labels: np.ndarray, core_box, inner_edges) -> int:
     return len((touching - {0}) & in_core)
 
 
+def label_dtype(height: int, width: int, instances: bool):
+    """The label map's dtype: uint8 classes, or nucleus ids (up to height * width + 1) in uint32 or uint64."""
+    if not instances:
+        return np.uint8
+    return np.uint32 if height * width < 2**32 - 1 else np.uint64
+
+
 def block_windows(height: int, width: int, block_size: int) -> list[tuple[int, int, int, int]]:
     """The blocks (y0, y1, x0, x1) that tile an image, row by row."""
     return [(y, min(y + block_size, height), x, min(x + block_size, width))
@@ -146,12 +162,11 @@ def predict_blockwise(model, config, image, block_size: int = DEFAULT_BLOCK, hal
 
     block = BlockPredictor(model, config, image, halo)
     height, width = image.shape[:2]
-    nuclei = block.task.instances
-    dtype = (np.uint32 if height * width < 2**32 - 1 else np.uint64) if nuclei else np.uint8
+    dtype = label_dtype(height, width, block.task.instances)
 
     def predict(block_info=None):
         (y0, y1), (x0, x1) = block_info[None]["array-location"]
-        return block.nuclei((y0, y1, x0, x1))[0] if nuclei else block.classes((y0, y1, x0, x1))
+        return block.labels((y0, y1, x0, x1))[0]
 
     chunks = tuple(tuple(min(block_size, n - start) for start in range(0, n, block_size)) for n in (height, width))
     return da.map_blocks(predict, chunks=chunks, dtype=dtype, meta=np.empty((0, 0), dtype)), block

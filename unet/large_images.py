@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .blockwise import DEFAULT_BLOCK, DEFAULT_HALO, BlockPredictor, block_windows
+from .blockwise import DEFAULT_BLOCK, DEFAULT_HALO, BlockPredictor, block_windows, label_dtype
 from .cluster import map_tasks
 from .io import DataError, claim_output_folder, save_png, write_csv
 from .preprocess import Statistics
@@ -73,16 +73,12 @@ def predict_block(job: Job, window: tuple[int, int, int, int]) -> dict:
 
     predictor = _predictor(job)
     y0, y1, x0, x1 = window
+    labels, cut, probabilities = predictor.labels(window)
+    moments = {}
     if predictor.task.instances:
-        labels, cut = predictor.nuclei(window)
-        pixels = predictor.image[y0:y1, x0:x1]
-        pixels = pixels.compute(scheduler="synchronous") if hasattr(pixels, "compute") else np.asarray(pixels)
-        moments = nucleus_moments(labels, np.asarray(pixels, np.float32).mean(axis=-1), (y0, x0))
-    else:
-        probabilities = predictor.probabilities(window)
-        labels, cut, moments = predictor.task.labels(probabilities, predictor.config), 0, {}
-        if job.probabilities:
-            zarr.open_array(str(Path(job.out) / PROBABILITIES), mode="r+")[y0:y1, x0:x1] = probabilities
+        moments = nucleus_moments(labels, predictor.pixels(window).astype(np.float32).mean(axis=-1), (y0, x0))
+    elif job.probabilities:
+        zarr.open_array(str(Path(job.out) / PROBABILITIES), mode="r+")[y0:y1, x0:x1] = probabilities
     zarr.open_array(str(Path(job.out) / LABELS), mode="r+")[y0:y1, x0:x1] = labels
     record = _record_path(Path(job.out), window)
     with tempfile.NamedTemporaryFile(dir=record.parent, suffix=".npz", delete=False) as handle:
@@ -166,7 +162,7 @@ def predict_large_image(run_path, image_path, out, block_size: int = DEFAULT_BLO
     image = open_lazy(image_path, level)
     height, width = image.shape[:2]
     nuclei = run.task.instances
-    dtype = (np.uint32 if height * width < 2**32 - 1 else np.uint64) if nuclei else np.uint8
+    dtype = label_dtype(height, width, nuclei)
     description = {"run": str(run.run_dir), "image": str(image_path), "level": level, "block_size": block_size,
                    "halo": halo, "shape": [height, width], "settings": {k: settings[k] for k in sorted(settings)},
                    "probabilities": bool(probabilities and not nuclei)}

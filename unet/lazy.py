@@ -14,16 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .io import DataError, IMAGE_SUFFIXES, read_rgb
+from .io import DataError, read_rgb
 
 TIFF_SUFFIXES = (".tif", ".tiff")
 CHUNK = 2048  # chunk side of images read without chunks of their own (PNG/JPEG)
-
-
-def is_lazy_image(path: str | Path) -> bool:
-    """A file or folder ``open_lazy`` reads: TIFF, zarr (a folder), PNG/JPEG."""
-    path = Path(path)
-    return path.suffix.lower() in TIFF_SUFFIXES + (".zarr",) + tuple(IMAGE_SUFFIXES) and path.exists()
 
 
 def open_lazy(path: str | Path, level: int = 0):
