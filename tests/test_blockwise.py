@@ -211,6 +211,10 @@ def test_predict_a_large_image_through_the_command_line(tmp_path, capsys):
     code = cli(["predict", "--model", str(run), "--image", str(path), "--images", str(tmp_path), "--out",
                 str(tmp_path / "x")])
     assert code == 1 and "not both" in capsys.readouterr().err
+    code = cli(["predict", "--model", str(run), "--image", str(path), "--out", str(tmp_path / "y.zarr"),
+                "--block-size", "0"])
+    err = capsys.readouterr().err
+    assert code == 1 and err.count("\n") == 1 and "--block-size" in err
 
 
 def test_an_ome_zarr_pyramid_gives_the_level_asked_for(tmp_path):

@@ -157,6 +157,9 @@ def predict_large_image(run_path, image_path, out, block_size: int = DEFAULT_BLO
     from .preprocess import Preprocessor
     from .run import Run
 
+    if block_size < 1 or halo < 0 or level < 0:
+        raise DataError(f"block size {block_size}, halo {halo}, level {level}: the block size must be at least "
+                        "1 pixel, the halo and the pyramid level 0 or more (--block-size, --halo, --level)")
     out, image_path = Path(out), Path(image_path)
     run = Run.load(run_path).with_settings(**settings)
     image = open_lazy(image_path, level)
