@@ -60,3 +60,42 @@ def test_statistics_applied_block_by_block_equal_the_whole_image(mode, shape, ba
     np.testing.assert_array_equal(preprocessor.apply(image, statistics), whole)
     block = (slice(37, 300), slice(11, 250))
     np.testing.assert_array_equal(preprocessor.apply(image[block], statistics), whole[block])
+
+
+def _stained(shape=(48, 60)) -> np.ndarray:
+    """A brightfield H&E-like scene: white background, pink (eosin) cytoplasm, a purple nucleus."""
+    image = np.full(shape + (3,), 240, np.uint8)
+    image[5:40, 5:55] = (230, 140, 190)  # cytoplasm, eosin
+    image[15:30, 20:35] = (90, 60, 150)  # nucleus, hematoxylin
+    return image
+
+
+def test_hematoxylin_mode_shows_the_nuclear_stain_and_leaves_gray_images_gray():
+    stained = _stained()
+    density = model_input(stained, "hematoxylin")
+    assert density.shape == (48, 60, 1) and density.dtype == np.float32 and density.min() >= 0
+    nucleus, cytoplasm, background = density[20, 25, 0], density[8, 8, 0], density[45, 2, 0]
+    assert nucleus > 3 * max(cytoplasm, background)  # eosin barely counts
+    gray = model_input(stained, "gray").astype(float)
+    assert gray[8, 8, 0] > 0.4 * gray[20, 25, 0]  # in gray, the cytoplasm is nearly half a nucleus
+    gray_scene = _scene(220, 60)
+    np.testing.assert_array_equal(model_input(gray_scene, "hematoxylin"), model_input(gray_scene, "gray"))
+    assert Preprocessor("hematoxylin").channels == 1
+    black = stained.copy()
+    black[0, :30], black[1, :30] = 0, 1  # black counts as one level, not as an infinite density
+    density = model_input(black, "hematoxylin")
+    assert density[0, 0, 0] == density[1, 0, 0] and np.isfinite(density).all()
+
+
+@pytest.mark.parametrize("shape", [(48, 60), (1100, 1000)])
+def test_hematoxylin_statistics_block_by_block_equal_the_whole_image(shape):
+    import dask.array as da
+
+    rng = np.random.default_rng(7)
+    image = np.clip(np.tile(_stained(), (shape[0] // 48 + 1, shape[1] // 60 + 1, 1))[:shape[0], :shape[1]]
+                    + rng.normal(0, 8, shape + (3,)), 0, 255).astype(np.uint8)
+    preprocessor = Preprocessor("hematoxylin")
+    whole, statistics = preprocessor(image), preprocessor.statistics(da.from_array(image, chunks=256))
+    assert statistics.hematoxylin and not statistics.invert
+    block = (slice(7, 40), slice(3, 51))
+    np.testing.assert_array_equal(preprocessor.apply(image[block], statistics), whole[block])

@@ -12,7 +12,7 @@ CHOICES = {  # fields with a fixed set of values
     "kind": ("dsb2018", "tissue"),
     "mask_mode": ("auto", "P", "L", "RGB"),
     "stray": ("error", "ignore"),
-    "color_mode": ("auto", "rgb", "gray"),
+    "color_mode": ("auto", "rgb", "gray", "hematoxylin"),
     "head": ("auto", "binary", "boundary", "multiclass"),
     "input_mode": ("crop", "resize"),
     "precision": ("auto", "float32", "mixed_bfloat16", "mixed_float16"),
@@ -56,7 +56,8 @@ class Config:
     ignore_label: int = 255
     min_class_share: float = 0.0005  # auto class detection: rarer values are strays
 
-    color_mode: str = "auto"  # 'rgb', 'gray' (bright objects on dark, see preprocess.model_input) or 'auto'
+    color_mode: str = "auto"  # 'rgb', 'gray' (bright objects on dark), 'hematoxylin' (gray; stained images: their
+    # hematoxylin density; see preprocess.model_input) or 'auto'
 
     # model
     head: str = "auto"  # 'auto', 'binary', 'boundary' (nuclei 3-class) or 'multiclass'

@@ -86,7 +86,8 @@ class Dataset:
 def modality(image) -> str:
     """'colour' (H&E, colour brightfield), 'brightfield' (gray, bright background) or
     'fluorescence' (gray, dark background): the groups DSB2018 results are reported by."""
-    rgb = np.asarray(image, np.float32)
-    if rgb.ndim == 3 and np.abs(np.diff(rgb[..., :3], axis=2)).mean() > 1.0:
+    from .preprocess import is_colour
+
+    if is_colour(image):
         return "colour"
-    return "brightfield" if np.median(rgb) > 127 else "fluorescence"
+    return "brightfield" if np.median(np.asarray(image)) > 127 else "fluorescence"

@@ -31,11 +31,18 @@ def prepare_arrays(images, targets, config):
         from skimage.transform import resize
 
         size = (config.image_size, config.image_size)
-        images = [resize(np.asarray(im), size, preserve_range=True, anti_aliasing=True).round().astype(np.uint8)
-                  for im in images]
+        images = [_resized(np.asarray(im), size) for im in images]
         targets = [resize(np.asarray(t), size, order=0, preserve_range=True, anti_aliasing=False).astype(np.uint8)
                    for t in targets]
     return list(images), list(targets), ranges
+
+
+def _resized(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """The image resized (anti-aliased) in its own dtype: integers rounded, floats kept."""
+    from skimage.transform import resize
+
+    resized = resize(image, size, preserve_range=True, anti_aliasing=True)
+    return resized.round().astype(image.dtype) if image.dtype.kind in "ui" else resized.astype(np.float32)
 
 
 class CropSampler:

@@ -1,7 +1,7 @@
 """What the model sees: one :class:`Preprocessor` shared by training crops and prediction.
 
-An image becomes the model's input in two steps: its channels (RGB, or one gray channel
-turned bright-on-dark, see :func:`model_input`), then a per-image percentile normalisation
+An image becomes the model's input in two steps: its channels (RGB, one gray channel turned
+bright-on-dark, or a stained image's hematoxylin density; see :func:`model_input`), then a per-image percentile normalisation
 (1st to 99.8th percentile -> 0..1, as CSBDeep's ``normalize``). Training crops are normalised
 with their whole image's range, so a crop looks as it will in a whole-image prediction.
 """
@@ -12,7 +12,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-COLOR_MODES = ("rgb", "gray")
+COLOR_MODES = ("rgb", "gray", "hematoxylin")
+COLOUR_SPREAD = 1.0  # an image whose channels differ by more than this on average (0-255 scale) is colour
+
+
+def is_colour(image) -> bool:
+    """Whether the image is a colour (stained) image, not gray stored in RGB: its channels differ."""
+    rgb = np.asarray(image, np.float32)
+    return bool(rgb.ndim == 3 and rgb.shape[2] >= 3 and np.abs(np.diff(rgb[..., :3], axis=2)).mean() > COLOUR_SPREAD)
 
 
 def intensity_range(image: np.ndarray) -> tuple[float, float]:
@@ -32,10 +39,15 @@ def model_input(image: np.ndarray, color_mode: str) -> np.ndarray:
     'gray': the mean of the colour channels, inverted when the image's background (its
     median) is brighter than the middle of its intensity range, so that brightfield and
     stained (H&E) images show bright objects on a dark background like fluorescence.
+    'hematoxylin': gray images as 'gray'; a colour image (:func:`is_colour`, decided on every
+    second row and column) becomes its hematoxylin optical density (float32), the stain of
+    nuclei, separated from eosin by colour deconvolution (scikit-image's ``hed_from_rgb``).
     """
     image = np.asarray(image)
     if color_mode == "rgb":
         return _rgb(image)
+    if color_mode == "hematoxylin" and is_colour(image[::2, ::2]):
+        return _hematoxylin(image)
     gray = _gray(image)
     low, high = intensity_range(gray)
     return _gray_channel(gray, image.dtype, bool(np.median(gray[::2, ::2]) > (low + high) / 2))
@@ -49,6 +61,22 @@ def _gray(image: np.ndarray) -> np.ndarray:
     return image.mean(axis=2) if image.ndim == 3 else image.astype(np.float32)
 
 
+def _hematoxylin(image: np.ndarray) -> np.ndarray:
+    """The hematoxylin optical density of an RGB(A) image, H x W x 1 float32 (0: no stain).
+
+    Per pixel as scikit-image's ``rgb2hed`` (Ruifrok & Johnston's deconvolution matrix), written
+    as a per-pixel sum so that a block of an image gives exactly the whole image's values.
+    Intensities below one 8-bit level count as one level: a few black pixels would otherwise
+    reach 2.5x the density of a dark nucleus and set the image's normalisation range."""
+    from skimage.color import hed_from_rgb
+
+    scale = float(np.iinfo(image.dtype).max) if image.dtype.kind in "ui" else 1.0
+    density = np.log(np.maximum(image[..., :3].astype(np.float32) / np.float32(scale), np.float32(1 / 255)))
+    weights = (hed_from_rgb[:, 0] / np.log(1e-6)).astype(np.float32)
+    stain = density[..., 0] * weights[0] + density[..., 1] * weights[1] + density[..., 2] * weights[2]
+    return np.maximum(stain, np.float32(0))[..., None]
+
+
 def _gray_channel(gray: np.ndarray, dtype, invert: bool) -> np.ndarray:
     """The gray channel in the image's dtype, inverted (max - value) when asked."""
     if invert:
@@ -59,12 +87,14 @@ def _gray_channel(gray: np.ndarray, dtype, invert: bool) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Statistics:
-    """What normalisation needs to know of a whole image: whether its gray channel is inverted,
-    and the intensity range that maps to 0..1. Applied block by block, it gives every block
-    exactly what the whole image would give (see :meth:`Preprocessor.statistics`)."""
+    """What normalisation needs to know of a whole image: whether its gray channel is inverted
+    (or, in 'hematoxylin' mode, replaced by the hematoxylin density), and the intensity range
+    that maps to 0..1. Applied block by block, it gives every block exactly what the whole
+    image would give (see :meth:`Preprocessor.statistics`)."""
 
     invert: bool
     value_range: tuple[float, float]
+    hematoxylin: bool = False
 
 
 MAX_STATISTICS_PIXELS = 2**24  # a larger image's statistics come from a strided sample of about this size
@@ -90,7 +120,7 @@ class Preprocessor:
 
     @property
     def channels(self) -> int:
-        return 1 if self.color_mode == "gray" else 3
+        return 3 if self.color_mode == "rgb" else 1
 
     def channels_of(self, image: np.ndarray) -> np.ndarray:
         """The image's model channels, not yet normalised (same dtype)."""
@@ -112,11 +142,14 @@ class Preprocessor:
         percentiles use every second row and column of images over 2**20 values); a larger
         image is sampled with a coarser stride."""
         height, width = image.shape[:2]
-        values = height * width * (1 if self.color_mode == "gray" else 3)
+        values = height * width * self.channels
         stride = 1 if values <= 2**20 else max(2, int(np.ceil(np.sqrt(height * width / MAX_STATISTICS_PIXELS))))
         sample = np.asarray(image[::stride, ::stride])
         if self.color_mode == "rgb":
             return Statistics(False, _percentiles(_rgb(sample)))
+        decision_sample = sample if stride > 1 else sample[::2, ::2]  # as model_input decides
+        if self.color_mode == "hematoxylin" and is_colour(decision_sample):
+            return Statistics(False, _percentiles(_hematoxylin(sample)), hematoxylin=True)
         gray = _gray(sample)
         low, high = _percentiles(gray)
         median_sample = gray if stride > 1 else gray[::2, ::2]
@@ -126,8 +159,12 @@ class Preprocessor:
     def apply(self, block: np.ndarray, statistics: Statistics) -> np.ndarray:
         """The normalised float32 model input of a block of an image with these statistics."""
         block = np.asarray(block)
-        channels = _rgb(block) if self.color_mode == "rgb" else _gray_channel(_gray(block), block.dtype,
-                                                                               statistics.invert)
+        if self.color_mode == "rgb":
+            channels = _rgb(block)
+        elif statistics.hematoxylin:
+            channels = _hematoxylin(block)
+        else:
+            channels = _gray_channel(_gray(block), block.dtype, statistics.invert)
         return normalize(channels, statistics.value_range)
 
 
