@@ -130,3 +130,23 @@ def test_a_time_budget_stops_training_cleanly_and_keeps_the_best_model(sample, t
     assert read_history(run.run_dir / "history.csv")["epoch"] == [0.0]  # the epoch in progress ends, validated
     assert (run.run_dir / "best.keras").is_file() and not (run.run_dir / "backup").exists()
     assert json.loads((run.run_dir / "summary.json").read_text())["stopped_by_time_budget"] is True
+
+
+def test_cosine_schedule_decays_the_learning_rate_over_the_epochs_or_the_budget(sample, tmp_path):
+    from unet.callbacks import CosineDecay
+    from unet.training import make_callbacks
+
+    data = decode_dataset(sample / "dsb2018", progress=False)
+    train_set, val_set = data.split(0.34, seed=0)
+    config = tiny_config(tmp_path, epochs=4, steps_per_epoch=3, lr_schedule="cosine", learning_rate=1e-2)
+    run = train(config, train_set, val_set, verbose=0)
+    rates = read_history(run.run_dir / "history.csv")["learning_rate"]
+    # logged: the rate set before each epoch's last batch, batch 3 * epoch + 2 of 12
+    expected = [1e-2 * 0.5 * (1 + np.cos(np.pi * (3 * epoch + 2) / 12)) for epoch in range(4)]
+    np.testing.assert_allclose(rates, expected, rtol=1e-5)
+    budget = [c for c in make_callbacks(tmp_path, config.replace(max_minutes=2.0), [], None, epoch_lines=False)
+              if isinstance(c, CosineDecay)]
+    assert len(budget) == 1 and budget[0].seconds == 120.0
+    plateau = make_callbacks(tmp_path, config.replace(lr_schedule="plateau"), [], None, epoch_lines=False)
+    assert not any(isinstance(c, CosineDecay) for c in plateau)
+    assert any(isinstance(c, keras.callbacks.ReduceLROnPlateau) for c in plateau)

@@ -130,6 +130,37 @@ class TimeBudget(keras.callbacks.Callback):
             self.model.stop_training = self.spent = True
 
 
+class CosineDecay(keras.callbacks.Callback):
+    """Learning rate ``peak * (1 + cos(pi * progress)) / 2``, set before every batch. Progress is
+    the share of the time budget spent (``seconds``, the clock of :class:`TimeBudget`), or else
+    the share of the ``epochs * steps`` batches done; the rate joins each epoch's logs."""
+
+    def __init__(self, peak: float, seconds: float = 0.0):
+        super().__init__()
+        self.peak, self.seconds = peak, seconds
+
+    def on_train_begin(self, logs=None):
+        self.start = time.perf_counter()
+        self.epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def progress(self, batch: int) -> float:
+        if self.seconds:
+            return (time.perf_counter() - self.start) / self.seconds
+        steps = self.params.get("steps") or 1
+        return (self.epoch * steps + batch) / (self.params.get("epochs", 1) * steps)
+
+    def on_train_batch_begin(self, batch, logs=None):
+        rate = self.peak * 0.5 * (1.0 + math.cos(math.pi * min(1.0, self.progress(batch))))
+        self.model.optimizer.learning_rate.assign(rate)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+
+
 class EpochLine(keras.callbacks.Callback):
     """One short line per epoch: loss, validation loss and mean IoU, and the epoch's seconds."""
 

@@ -143,13 +143,15 @@ def make_callbacks(run_dir: Path, config: Config, tiles, palette, extra_callback
     leaves a folder whose backup never runs ahead of its files (see ``callbacks``)."""
     import keras
 
-    from .callbacks import Checkpoints, EpochLine, HistoryLog, PredictionSnapshots, ResumeBackup, TimeBudget
+    from .callbacks import Checkpoints, CosineDecay, EpochLine, HistoryLog, PredictionSnapshots, ResumeBackup, TimeBudget
 
+    schedule = (CosineDecay(config.learning_rate, config.max_minutes * 60) if config.lr_schedule == "cosine" else
+                keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=config.reduce_lr_patience,
+                                                  min_lr=1e-5))
     return [
         *([TimeBudget(config.max_minutes * 60)] if config.max_minutes else []),
         keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.early_stopping_patience),
-        keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=config.reduce_lr_patience,
-                                          min_lr=1e-5),
+        schedule,
         keras.callbacks.TerminateOnNaN(),
         *([EpochLine()] if epoch_lines else []),
         HistoryLog(run_dir / "history.csv"),
