@@ -147,6 +147,14 @@ def test_cosine_schedule_decays_the_learning_rate_over_the_epochs_or_the_budget(
     budget = [c for c in make_callbacks(tmp_path, config.replace(max_minutes=2.0), [], None, epoch_lines=False)
               if isinstance(c, CosineDecay)]
     assert len(budget) == 1 and budget[0].seconds == 120.0
+    schedule = budget[0]
+    schedule.set_params({"epochs": 10, "steps": 10})
+    schedule.on_train_begin()
+    schedule.on_epoch_begin(9)
+    assert schedule.progress(5) == pytest.approx(0.95)  # the epochs end first
+    schedule.start -= 90.0
+    schedule.on_epoch_begin(0)
+    assert schedule.progress(0) == pytest.approx(0.75, abs=0.01)  # the budget ends first
     plateau = make_callbacks(tmp_path, config.replace(lr_schedule="plateau"), [], None, epoch_lines=False)
     assert not any(isinstance(c, CosineDecay) for c in plateau)
     assert any(isinstance(c, keras.callbacks.ReduceLROnPlateau) for c in plateau)

@@ -132,8 +132,9 @@ class TimeBudget(keras.callbacks.Callback):
 
 class CosineDecay(keras.callbacks.Callback):
     """Learning rate ``peak * (1 + cos(pi * progress)) / 2``, set before every batch. Progress is
-    the share of the time budget spent (``seconds``, the clock of :class:`TimeBudget`), or else
-    the share of the ``epochs * steps`` batches done; the rate joins each epoch's logs."""
+    the share of the ``epochs * steps`` batches done or, when larger, the share of the time
+    budget spent (``seconds``, the clock of :class:`TimeBudget`): the rate reaches 0 at whichever
+    end comes first. The rate joins each epoch's logs."""
 
     def __init__(self, peak: float, seconds: float = 0.0):
         super().__init__()
@@ -147,10 +148,9 @@ class CosineDecay(keras.callbacks.Callback):
         self.epoch = epoch
 
     def progress(self, batch: int) -> float:
-        if self.seconds:
-            return (time.perf_counter() - self.start) / self.seconds
         steps = self.params.get("steps") or 1
-        return (self.epoch * steps + batch) / (self.params.get("epochs", 1) * steps)
+        done = (self.epoch * steps + batch) / (self.params.get("epochs", 1) * steps)
+        return max(done, (time.perf_counter() - self.start) / self.seconds if self.seconds else 0.0)
 
     def on_train_batch_begin(self, batch, logs=None):
         rate = self.peak * 0.5 * (1.0 + math.cos(math.pi * min(1.0, self.progress(batch))))

@@ -82,8 +82,8 @@ class Config:
     max_minutes: float = 0.0  # training time budget: stop cleanly when spent (best model kept); 0: none
     early_stopping_patience: int = 12
     reduce_lr_patience: int = 5
-    lr_schedule: str = "plateau"  # 'plateau': halve on a validation-loss plateau; 'cosine': decay to 0 over the
-    # time budget (max_minutes) or else over all epochs
+    lr_schedule: str = "plateau"  # 'plateau': halve on a validation-loss plateau; 'cosine': decay to 0 at the
+    # end of the epochs or of the time budget (max_minutes), whichever comes first
     precision: str = "auto"  # 'auto', 'float32', 'mixed_bfloat16' or 'mixed_float16'
     xla: str = "auto"  # 'auto' (GPU only), 'on' or 'off'
     strategy: str = "auto"  # 'auto' (MirroredStrategy on >1 GPU), 'mirrored' or 'default'
