@@ -81,6 +81,8 @@ def test_hematoxylin_mode_shows_the_nuclear_stain_and_leaves_gray_images_gray():
     gray_scene = _scene(220, 60)
     np.testing.assert_array_equal(model_input(gray_scene, "hematoxylin"), model_input(gray_scene, "gray"))
     assert Preprocessor("hematoxylin").channels == 1
+    normalised = Preprocessor("hematoxylin")(stained)  # the density's own range maps to 0..1
+    assert normalised[20, 25, 0] > 0.9 and normalised[8, 8, 0] < 0.1
     black = stained.copy()
     black[0, :30], black[1, :30] = 0, 1  # black counts as one level, not as an infinite density
     density = model_input(black, "hematoxylin")

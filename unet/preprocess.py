@@ -62,7 +62,9 @@ def _gray(image: np.ndarray) -> np.ndarray:
 
 
 def _hematoxylin(image: np.ndarray) -> np.ndarray:
-    """The hematoxylin optical density of an RGB(A) image, H x W x 1 float32 (0: no stain).
+    """The hematoxylin optical density of an RGB(A) image x 255, H x W x 1 float32 (0: no stain):
+    on the scale of 8-bit images, so that the normalisation's smallest range (one level) means
+    the same for both.
 
     Per pixel as scikit-image's ``rgb2hed`` (Ruifrok & Johnston's deconvolution matrix), written
     as a per-pixel sum so that a block of an image gives exactly the whole image's values.
@@ -74,7 +76,7 @@ def _hematoxylin(image: np.ndarray) -> np.ndarray:
     density = np.log(np.maximum(image[..., :3].astype(np.float32) / np.float32(scale), np.float32(1 / 255)))
     weights = (hed_from_rgb[:, 0] / np.log(1e-6)).astype(np.float32)
     stain = density[..., 0] * weights[0] + density[..., 1] * weights[1] + density[..., 2] * weights[2]
-    return np.maximum(stain, np.float32(0))[..., None]
+    return (np.maximum(stain, np.float32(0)) * np.float32(255))[..., None]
 
 
 def _gray_channel(gray: np.ndarray, dtype, invert: bool) -> np.ndarray:
