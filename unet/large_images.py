@@ -137,14 +137,14 @@ def _open_output(out: Path, image, description: dict, dtype, classes: int) -> No
                             "choose a new output, or delete it to start again")
     claim_output_folder(out, [description["image"]], description)
     (out / RECORDS).mkdir(exist_ok=True)
-    if not (out / LABELS).exists():
-        block = description["block_size"]
-        zarr.create_array(str(out / LABELS), shape=image.shape[:2], chunks=(block, block), dtype=dtype,
-                          fill_value=0, zarr_format=2, chunk_key_encoding={"name": "v2", "separator": "/"})
-    if description["probabilities"] and not (out / PROBABILITIES).exists():
-        block = description["block_size"]
-        zarr.create_array(str(out / PROBABILITIES), shape=(*image.shape[:2], classes), chunks=(block, block, classes),
-                          dtype="float16", fill_value=0, zarr_format=2, chunk_key_encoding={"name": "v2", "separator": "/"})
+    block, shape = description["block_size"], image.shape[:2]
+    arrays = {LABELS: (shape, (block, block), dtype)}
+    if description["probabilities"]:
+        arrays[PROBABILITIES] = ((*shape, classes), (block, block, classes), "float16")
+    for name, (array_shape, chunks, array_dtype) in arrays.items():
+        if not (out / name).exists():  # zarr v2 with '/' chunk keys, as NGFF 0.4 readers expect
+            zarr.create_array(str(out / name), shape=array_shape, chunks=chunks, dtype=array_dtype, fill_value=0,
+                              zarr_format=2, chunk_key_encoding={"name": "v2", "separator": "/"})
 
 
 def predict_large_image(run_path, image_path, out, block_size: int = DEFAULT_BLOCK, halo: int = DEFAULT_HALO,
