@@ -6,8 +6,10 @@
     .venv/bin/python benchmarks/accuracy.py --train ... --test ... --evaluate logs/benchmarks/RUN/best.keras --set tta=true
 
 Project: the default configuration (native-resolution crops, 3-class nuclei head with watershed,
-or softmax over the tissue classes; tiled prediction at native resolution), trained until the
-wall-clock budget is spent (or early stopping).
+or softmax over the tissue classes; tiled prediction at native resolution), trained as
+``python -m unet train --max-minutes M`` trains it: the default epochs and early stopping, cut
+when the wall-clock budget is spent. (Before 2026-12-01 the benchmark allowed 10,000 epochs and
+a patience of 15, so the budget alone ended its runs.)
 Baseline, the well-known Kaggle starter ("Keras U-Net starter"): every image resized to
 128x128 and scaled by 1/255; its U-Net (16 to 256 filters, ELU, dropout 0.1-0.3, no batch
 norm); binary cross-entropy (sparse categorical for tissue), Adam, batch 16, 10% validation
@@ -221,9 +223,8 @@ def main() -> None:
         config = config.replace(data_dir=args.train, stray=args.stray)
         args.only = "project"
     else:
-        config = Config(kind=kind, data_dir=args.train, stray=args.stray, seed=args.seed, epochs=10_000,
-                        image_size=args.image_size, early_stopping_patience=15, logs_dir=args.logs,
-                        run_name=f"accuracy-{kind}-{time.strftime('%Y%m%d-%H%M%S')}")
+        config = Config(kind=kind, data_dir=args.train, stray=args.stray, seed=args.seed, image_size=args.image_size,
+                        logs_dir=args.logs, run_name=f"accuracy-{kind}-{time.strftime('%Y%m%d-%H%M%S')}")
     config = config.replace(**config_changes(args.set))
     dataset = load_from_config(config, progress=False)
     train_set, val_set = split_for_training(dataset, config)

@@ -177,6 +177,25 @@ def test_ties_keep_the_configured_thresholds():
     assert (tuned["seed_threshold"], tuned["foreground_threshold"], tuned["min_nucleus_area"]) == (0.5, 0.5, 12)
 
 
+def test_the_search_grows_past_the_grid_edge_the_best_thresholds_lie_on():
+    from unet.tuning import FOREGROUND_GRID, tune_nuclei_thresholds
+
+    shape = (64, 64)
+    truth = np.zeros(shape, np.uint16)
+    truth[disk(shape, (32, 32), 8)] = 1
+    probabilities = np.zeros((*shape, 3), np.float32)
+    probabilities[..., 0] = 1.0
+    for radius, foreground in ((12, 0.45), (11, 0.55), (10, 0.65), (9, 0.75)):  # a halo fading outwards
+        probabilities[disk(shape, radius=radius, center=(32, 32))] = (1 - foreground, 0.0, foreground)
+    probabilities[truth > 0] = (0.0, 0.9, 0.1)
+    for center, radius in (((8, 8), 2.5), ((8, 55), 3.6), ((55, 8), 3.6)):  # confident fragments of 21 and 37 px
+        probabilities[disk(shape, center, radius)] = (0.0, 1.0, 0.0)
+    tuned = tune_nuclei_thresholds([probabilities], [truth], Config(kind="dsb2018", min_nucleus_area=12))
+    assert tuned["foreground_threshold"] > max(FOREGROUND_GRID)  # the halo goes only above the first grid
+    assert tuned["min_nucleus_area"] == 48  # 24 drops one fragment, 48 the others; 96 gains nothing
+    assert tuned["validation_map"] == 1.0 and tuned["untuned_map"] < 0.5
+
+
 def test_unlabelled_test_images_are_predicted_and_validation_is_scored_from_memory(tiny_sample, tmp_path):
     import dataclasses
 

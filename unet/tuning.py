@@ -4,7 +4,9 @@
 The nuclei watershed has three knobs: the interior probability that makes a seed, the
 foreground probability that is nucleus, and the smallest nucleus kept. After training, the
 model predicts the validation images once; the knobs are searched on those probabilities with
-the DSB2018 score (seed x foreground on a grid, then the minimum area), never on a test set.
+the DSB2018 score, never on a test set: seed x foreground on a grid that grows by a step past
+any edge the best pair lies on (within 0.1-0.9), then the minimum area, doubled or halved while
+that gains.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import numpy as np
 THRESHOLDS_FILE = "thresholds.json"
 SEED_GRID = (0.3, 0.4, 0.5, 0.6, 0.7)
 FOREGROUND_GRID = (0.3, 0.4, 0.5, 0.6, 0.7)
+GRID_STEP, GRID_LIMITS = 0.1, (0.1, 0.9)  # the grids grow by this step past an edge, up to these limits
+MAX_AREA_STEPS = 4  # the minimum area moves at most 4 doublings (or halvings) from the config's value
 TUNED = ("seed_threshold", "foreground_threshold", "min_nucleus_area")
 
 
@@ -30,23 +34,54 @@ def mean_map(probabilities: list[np.ndarray], truths: list[np.ndarray], seed: fl
                           for p, truth in zip(probabilities, truths)]))
 
 
+def _grown(grid: list[float], chosen: float) -> bool:
+    """Add the next value past ``grid``'s edge when ``chosen`` lies on that edge; True if one was added."""
+    low, high = GRID_LIMITS
+    if chosen == grid[-1] and grid[-1] + GRID_STEP <= high + 1e-9:
+        grid.append(round(grid[-1] + GRID_STEP, 2))
+        return True
+    if chosen == grid[0] and grid[0] - GRID_STEP >= low - 1e-9:
+        grid.insert(0, round(grid[0] - GRID_STEP, 2))
+        return True
+    return False
+
+
 def tune_nuclei_thresholds(probabilities: list[np.ndarray], truths: list[np.ndarray], config) -> dict:
     """The best (seed, foreground, minimum area) on these images, the score it gives and the
     score of the config's own values. Ties keep the config's values (no change without a gain)."""
     default = (config.seed_threshold, config.foreground_threshold, config.min_nucleus_area)
-    seeds = SEED_GRID if probabilities[0].shape[-1] == 3 else (config.seed_threshold,)  # binary head: no seeds
-    scores = {default: mean_map(probabilities, truths, *default)}
-    for seed in seeds:
-        for foreground in FOREGROUND_GRID:
-            key = (seed, foreground, config.min_nucleus_area)
-            if key not in scores:
-                scores[key] = mean_map(probabilities, truths, *key)
-    best = max(scores, key=lambda key: (scores[key], key == default))
-    for area in (max(1, config.min_nucleus_area // 2), 2 * config.min_nucleus_area):
-        key = (best[0], best[1], area)
-        scores.setdefault(key, mean_map(probabilities, truths, *key))
-    best = max(scores, key=lambda key: (scores[key], key == default))
-    return {**dict(zip(TUNED, best)), "validation_map": scores[best], "untuned_map": scores[default],
+    scores: dict[tuple, float] = {}
+
+    def score(key: tuple) -> float:
+        if key not in scores:
+            scores[key] = mean_map(probabilities, truths, *key)
+        return scores[key]
+
+    def best() -> tuple:
+        return max(scores, key=lambda key: (scores[key], key == default))
+
+    score(default)
+    three_class = probabilities[0].shape[-1] == 3
+    seeds = list(SEED_GRID) if three_class else [config.seed_threshold]  # binary head: no seeds
+    foregrounds = list(FOREGROUND_GRID)
+    while True:
+        for seed in seeds:
+            for foreground in foregrounds:
+                score((seed, foreground, config.min_nucleus_area))
+        seed, foreground, _ = best()
+        seed_grown = three_class and _grown(seeds, seed)
+        if not _grown(foregrounds, foreground) and not seed_grown:
+            break
+    seed, foreground, area = best()
+    for factor in (2.0, 0.5):  # walk the minimum area while each step gains
+        current = area
+        for _ in range(MAX_AREA_STEPS):
+            step = max(1, round(current * factor))
+            if step == current or score((seed, foreground, step)) <= score((seed, foreground, current)):
+                break
+            current = step
+    best_key = best()
+    return {**dict(zip(TUNED, best_key)), "validation_map": scores[best_key], "untuned_map": scores[default],
             "untuned": dict(zip(TUNED, default)), "images": len(truths),
             "searched": [{**dict(zip(TUNED, key)), "map": value} for key, value in sorted(scores.items())]}
 
