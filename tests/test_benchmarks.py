@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from unet.config import Config
 from unet.synthetic import write_sample
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -35,7 +36,13 @@ def test_accuracy_benchmark_scores_both_recipes(tmp_path):
         assert 0 <= results[recipe]["map"] <= 1 and results[recipe]["images"] == 2
     assert sum(group["images"] for group in results["project"]["map_by_group"].values()) == 2
     assert results["starter"]["schedule"] == "kaggle" and 1 <= results["starter"]["epochs"] <= 50
-    assert json.loads((Path(results["project"]["run"]) / "config.json").read_text())["contact_width"] == 1
+    saved = json.loads((Path(results["project"]["run"]) / "config.json").read_text())
+    assert saved["contact_width"] == 1
+    # the user's path: what differs from `unet train`'s defaults is data, budget, bookkeeping, --set and
+    # the 'auto' settings the run resolved
+    changed = {key for key, default in Config().to_dict().items() if saved[key] != default and default != "auto"}
+    assert changed <= {"data_dir", "stray", "image_size", "max_minutes", "logs_dir", "run_name", "contact_width",
+                       "num_classes", "extra"}, changed
 
     # --evaluate scores the saved model again without training: the same predictions, the same score
     again = tmp_path / "again.json"
