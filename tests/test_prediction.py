@@ -194,6 +194,9 @@ def test_the_search_grows_past_the_grid_edge_the_best_thresholds_lie_on():
     assert tuned["foreground_threshold"] > max(FOREGROUND_GRID)  # the halo goes only above the first grid
     assert tuned["min_nucleus_area"] == 48  # 24 drops one fragment, 48 the others; 96 gains nothing
     assert tuned["validation_map"] == 1.0 and tuned["untuned_map"] < 0.5
+    chosen = {key: tuned[key] for key in ("seed_threshold", "foreground_threshold", "min_nucleus_area")}
+    again = tune_nuclei_thresholds([probabilities], [truth], Config(kind="dsb2018", **chosen))
+    assert {key: again[key] for key in chosen} == chosen  # tuning the tuned values changes nothing
 
 
 def test_unlabelled_test_images_are_predicted_and_validation_is_scored_from_memory(tiny_sample, tmp_path):

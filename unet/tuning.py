@@ -6,7 +6,8 @@ foreground probability that is nucleus, and the smallest nucleus kept. After tra
 model predicts the validation images once; the knobs are searched on those probabilities with
 the DSB2018 score, never on a test set: seed x foreground on a grid that grows by a step past
 any edge the best pair lies on (within 0.1-0.9), then the minimum area, doubled or halved while
-that gains.
+that gains, and the grid again at the new area until neither search moves the best (so tuning
+the tuned values again changes nothing).
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ THRESHOLDS_FILE = "thresholds.json"
 SEED_GRID = (0.3, 0.4, 0.5, 0.6, 0.7)
 FOREGROUND_GRID = (0.3, 0.4, 0.5, 0.6, 0.7)
 GRID_STEP, GRID_LIMITS = 0.1, (0.1, 0.9)  # the grids grow by this step past an edge, up to these limits
-MAX_AREA_STEPS = 4  # the minimum area moves at most 4 doublings (or halvings) from the config's value
+MAX_AREA_STEPS = 4  # the minimum area moves at most 4 doublings (or halvings) in one walk
+MAX_ROUNDS = 3  # grid, then area, again at the new area while that moves the best
 TUNED = ("seed_threshold", "foreground_threshold", "min_nucleus_area")
 
 
@@ -64,22 +66,28 @@ def tune_nuclei_thresholds(probabilities: list[np.ndarray], truths: list[np.ndar
     three_class = probabilities[0].shape[-1] == 3
     seeds = list(SEED_GRID) if three_class else [config.seed_threshold]  # binary head: no seeds
     foregrounds = list(FOREGROUND_GRID)
-    while True:
-        for seed in seeds:
-            for foreground in foregrounds:
-                score((seed, foreground, config.min_nucleus_area))
-        seed, foreground, _ = best()
-        seed_grown = three_class and _grown(seeds, seed)
-        if not _grown(foregrounds, foreground) and not seed_grown:
-            break
-    seed, foreground, area = best()
-    for factor in (2.0, 0.5):  # walk the minimum area while each step gains
-        current = area
-        for _ in range(MAX_AREA_STEPS):
-            step = max(1, round(current * factor))
-            if step == current or score((seed, foreground, step)) <= score((seed, foreground, current)):
+    area, previous = config.min_nucleus_area, None
+    for _ in range(MAX_ROUNDS):  # alternate the two searches until neither moves the best
+        while True:
+            for seed in seeds:
+                for foreground in foregrounds:
+                    score((seed, foreground, area))
+            seed, foreground, _ = best()
+            seed_grown = three_class and _grown(seeds, seed)
+            if not _grown(foregrounds, foreground) and not seed_grown:
                 break
-            current = step
+        seed, foreground, area = best()
+        for factor in (2.0, 0.5):  # walk the minimum area while each step gains
+            current = area
+            for _ in range(MAX_AREA_STEPS):
+                step = max(1, round(current * factor))
+                if step == current or score((seed, foreground, step)) <= score((seed, foreground, current)):
+                    break
+                current = step
+        if best() in (previous, (seed, foreground, area)):
+            break
+        previous = best()
+        area = previous[2]
     best_key = best()
     return {**dict(zip(TUNED, best_key)), "validation_map": scores[best_key], "untuned_map": scores[default],
             "untuned": dict(zip(TUNED, default)), "images": len(truths),
