@@ -6,8 +6,8 @@ foreground probability that is nucleus, and the smallest nucleus kept. After tra
 model predicts the validation images once; the knobs are searched on those probabilities with
 the DSB2018 score, never on a test set: seed x foreground on a grid that grows by a step past
 any edge the best pair lies on (within 0.1-0.9), then the minimum area, doubled or halved while
-that gains, and the grid again at the new area until neither search moves the best (so tuning
-the tuned values again changes nothing).
+that gains, and the grid again at the new area until neither search moves the best (at most
+three rounds; then tuning the tuned values again changes nothing).
 """
 
 from __future__ import annotations
