@@ -22,7 +22,7 @@ SEED_GRID = (0.3, 0.4, 0.5, 0.6, 0.7)
 FOREGROUND_GRID = (0.3, 0.4, 0.5, 0.6, 0.7)
 GRID_STEP, GRID_LIMITS = 0.1, (0.1, 0.9)  # the grids grow by this step past an edge, up to these limits
 MAX_AREA_STEPS = 4  # the minimum area moves at most 4 doublings (or halvings) in one walk
-MAX_ROUNDS = 3  # grid, then area, again at the new area while that moves the best
+MAX_ROUNDS = 3  # grid, then area walk, again at the new area while the walk moves the best
 TUNED = ("seed_threshold", "foreground_threshold", "min_nucleus_area")
 
 
@@ -62,12 +62,12 @@ def tune_nuclei_thresholds(probabilities: list[np.ndarray], truths: list[np.ndar
     def best() -> tuple:
         return max(scores, key=lambda key: (scores[key], key == default))
 
-    score(default)
     three_class = probabilities[0].shape[-1] == 3
     seeds = list(SEED_GRID) if three_class else [config.seed_threshold]  # binary head: no seeds
     foregrounds = list(FOREGROUND_GRID)
-    area, previous = config.min_nucleus_area, None
-    for _ in range(MAX_ROUNDS):  # alternate the two searches until neither moves the best
+
+    def search_grid(area: int) -> None:
+        """Every (seed, foreground) at this area, the grids grown until the best is inside them."""
         while True:
             for seed in seeds:
                 for foreground in foregrounds:
@@ -75,19 +75,27 @@ def tune_nuclei_thresholds(probabilities: list[np.ndarray], truths: list[np.ndar
             seed, foreground, _ = best()
             seed_grown = three_class and _grown(seeds, seed)
             if not _grown(foregrounds, foreground) and not seed_grown:
-                break
-        seed, foreground, area = best()
-        for factor in (2.0, 0.5):  # walk the minimum area while each step gains
+                return
+
+    def walk_area(seed: float, foreground: float, area: int) -> None:
+        """Double, then halve, the minimum area while each step gains."""
+        for factor in (2.0, 0.5):
             current = area
             for _ in range(MAX_AREA_STEPS):
                 step = max(1, round(current * factor))
                 if step == current or score((seed, foreground, step)) <= score((seed, foreground, current)):
                     break
                 current = step
-        if best() in (previous, (seed, foreground, area)):
+
+    score(default)
+    area = config.min_nucleus_area
+    for _ in range(MAX_ROUNDS):  # alternate the two searches until the area walk no longer moves the best
+        search_grid(area)
+        start = best()
+        walk_area(*start)
+        if best() == start:
             break
-        previous = best()
-        area = previous[2]
+        area = best()[2]
     best_key = best()
     return {**dict(zip(TUNED, best_key)), "validation_map": scores[best_key], "untuned_map": scores[default],
             "untuned": dict(zip(TUNED, default)), "images": len(truths),
