@@ -154,25 +154,6 @@ def run_starter(kind: str, num_classes: int, train_set, test_set, seconds: float
                          "schedule": schedule}
 
 
-def size_group(image) -> str:
-    """The image's size class by its longer side: DSB2018 has 256-360, 512-696 and 1000-1388 px."""
-    side = max(np.asarray(image).shape[:2])
-    return "small (<500 px)" if side < 500 else "medium (500-999 px)" if side < 1000 else "large (>=1000 px)"
-
-
-def nuclei_report(test_set, predictions) -> dict:
-    """The DSB2018 summary of ``predictions`` with mAP by modality and by image size."""
-    from unet.dataset import modality
-    from unet.evaluation import evaluate_nuclei
-
-    summary, rows = evaluate_nuclei(test_set.ids, test_set.instances, predictions)
-    for key, group_of in (("map_by_group", modality), ("map_by_size", size_group)):
-        groups = [group_of(image) for image in test_set.images]
-        summary[key] = {group: {"images": groups.count(group), "map": float(np.mean(
-            [row["map"] for row, g in zip(rows, groups) if g == group]))} for group in sorted(set(groups))}
-    return summary
-
-
 def config_changes(settings: list[str]) -> dict:
     """{'key': value} from ['key=value', ...], each value parsed as the command line's --key would be."""
     from unet.config import Config
@@ -210,7 +191,7 @@ def main() -> None:
 
     from unet.config import Config
     from unet.data import detect_layout, load_from_config, split_for_training
-    from unet.evaluation import evaluate_classes
+    from unet.evaluation import evaluate_classes, evaluate_nuclei
     from unet.device import environment
     from unet.run import Run
 
@@ -254,7 +235,7 @@ def main() -> None:
             predictions, info = run_starter(kind, dataset.num_classes, fit_set, test_set, seconds, args.seed,
                                             args.starter_schedule)
         if kind == "dsb2018":
-            summary = nuclei_report(test_set, predictions)
+            summary, _ = evaluate_nuclei(test_set.ids, test_set.instances, predictions, test_set.images)
         else:
             summary, _, _ = evaluate_classes(test_set.ids, test_set.masks, predictions, test_set.class_names)
             summary.pop("confusion")

@@ -28,7 +28,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
-from accuracy import nuclei_report  # noqa: E402
+from unet.evaluation import evaluate_nuclei  # noqa: E402
 
 
 def gray_normalized(image) -> np.ndarray:
@@ -125,7 +125,7 @@ def main() -> None:
     predict_start = time.perf_counter()
     predictions = predict_stardist(model, test_set.images)
     info["predict_seconds"] = time.perf_counter() - predict_start
-    summary = nuclei_report(test_set, predictions)
+    summary, _ = evaluate_nuclei(test_set.ids, test_set.instances, predictions, test_set.images)
     results = {"date": time.strftime("%Y-%m-%d"), "environment": environment(), "command": " ".join(sys.argv),
                "budget_minutes": args.minutes, "train": args.train, "test": args.test,
                "stardist": {**info, "run": str(Path(args.logs) / name),

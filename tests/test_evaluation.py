@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from conftest import disk
-from unet.evaluation import class_scores, confusion_matrix, iou_matrix, nuclei_scores
+from unet.evaluation import class_scores, confusion_matrix, evaluate_nuclei, format_table, iou_matrix, nuclei_scores
 from unet.losses import ConfusionMetric
 
 
@@ -50,6 +50,29 @@ def test_dsb_score_edge_cases():
     assert nuclei_scores(one, empty)["map"] == 0.0
     assert nuclei_scores(empty, one)["map"] == 0.0
     assert nuclei_scores(one, one)["map"] == 1.0
+
+
+def test_nuclei_summary_by_modality_and_size_is_the_mean_of_each_groups_images():
+    truth = np.zeros((32, 32), np.uint16)
+    truth[8:20, 8:20] = 1
+    wrong = np.roll(truth, 4, axis=0)  # IoU 8/16: mAP 0 (0.5 is not passed)
+    dark = np.full((32, 32), 10, np.uint8)  # fluorescence: gray, dark background
+    bright = np.full((32, 32), 200, np.uint8)  # brightfield: gray, bright background
+    stained = np.stack([np.full((32, 32), 200), np.full((32, 32), 120), np.full((32, 32), 220)], -1).astype(np.uint8)
+    large = np.full((600, 32), 10, np.uint8)
+    big_truth = np.zeros((600, 32), np.uint16)
+    big_truth[8:20, 8:20] = 1
+    summary, rows = evaluate_nuclei(["a", "b", "c", "d", "e"], [truth, truth, truth, truth, big_truth],
+                                    [truth, wrong, truth, wrong, big_truth], [dark, dark, bright, stained, large])
+    assert [row["modality"] for row in rows] == ["fluorescence"] * 2 + ["brightfield", "colour", "fluorescence"]
+    assert summary["map_by_group"] == {"brightfield": {"images": 1, "map": 1.0}, "colour": {"images": 1, "map": 0.0},
+                                       "fluorescence": {"images": 3, "map": pytest.approx(2 / 3)}}
+    assert summary["map_by_size"] == {"medium (500-999 px)": {"images": 1, "map": 1.0},
+                                      "small (<500 px)": {"images": 4, "map": 0.5}}
+    assert summary["map"] == pytest.approx(0.6)
+    assert "colour (1)" in format_table(summary) and "medium (500-999 px) (1)" in format_table(summary)
+    without_images, plain_rows = evaluate_nuclei(["a"], [truth], [truth])
+    assert "map_by_group" not in without_images and "modality" not in plain_rows[0]
 
 
 def test_per_class_iou_on_a_known_confusion_matrix():

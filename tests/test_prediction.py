@@ -83,6 +83,9 @@ def test_predict_and_evaluate_nuclei_through_the_command_line(tiny_sample, tmp_p
     assert cli(["evaluate", "--pred", str(out), "--truth", str(tiny_sample / "dsb2018"), "--npy-dir", npy]) == 0
     printed = capsys.readouterr().out
     assert "map" in printed and (out / "metrics.json").is_file() and (out / "per_image.csv").is_file()
+    metrics = json.loads((out / "metrics.json").read_text())  # the mAP of each modality, as DSB results are given
+    assert sum(group["images"] for group in metrics["map_by_group"].values()) == metrics["images"]
+    assert "map_by_group" in printed
 
 
 def test_predict_and_evaluate_tissue_through_the_command_line(tiny_sample, tmp_path, capsys):

@@ -66,13 +66,33 @@ def nuclei_scores(truth: np.ndarray, prediction: np.ndarray) -> dict[str, float]
             "true_nuclei": iou.shape[0], "predicted_nuclei": iou.shape[1]}
 
 
-def evaluate_nuclei(ids, truths, predictions) -> tuple[dict, list[dict]]:
-    """(summary over images, one row per image). Scores are means over images."""
+def size_group(image) -> str:
+    """The image's size class by its longer side: DSB2018 has 256-360, 512-696 and 1000-1388 px."""
+    side = max(np.asarray(image).shape[:2])
+    return "small (<500 px)" if side < 500 else "medium (500-999 px)" if side < 1000 else "large (>=1000 px)"
+
+
+def evaluate_nuclei(ids, truths, predictions, images=None) -> tuple[dict, list[dict]]:
+    """(summary over images, one row per image). Scores are means over images.
+
+    With the ``images``, each row also names its modality and size group, and the summary
+    holds the mAP of each group (``map_by_group``, ``map_by_size``), as DSB2018 results are reported.
+    """
+    from .dataset import modality
+
     rows = [{"image": i, **nuclei_scores(t, p)} for i, t, p in zip(ids, truths, predictions)]
     keys = ("map", "ap50", "f1_50", "foreground_iou", "foreground_dice")
     summary = {k: float(np.mean([row[k] for row in rows])) for k in keys}
     summary.update(images=len(rows), true_nuclei=int(sum(r["true_nuclei"] for r in rows)),
                    predicted_nuclei=int(sum(r["predicted_nuclei"] for r in rows)))
+    if images is not None:
+        for key, column, group_of in (("map_by_group", "modality", modality), ("map_by_size", "size", size_group)):
+            for row, image in zip(rows, images):
+                row[column] = group_of(image)
+            groups = sorted({row[column] for row in rows})
+            summary[key] = {group: {"images": sum(row[column] == group for row in rows),
+                                    "map": float(np.mean([row["map"] for row in rows if row[column] == group]))}
+                            for group in groups}
     return summary, rows
 
 
@@ -122,7 +142,9 @@ def format_table(summary: dict) -> str:
     """A short plain-text table of a summary."""
     lines = []
     for key, value in summary.items():
-        if isinstance(value, dict):
+        if isinstance(value, dict) and all(isinstance(v, dict) for v in value.values()):  # mAP by group
+            lines += [f"  {key:<14} {name + ' (' + str(v['images']) + ')':<26} {v['map']:.4f}" for name, v in value.items()]
+        elif isinstance(value, dict):
             lines += [f"  {key:<10} {name:<24} {'-' if v is None else f'{v:.4f}'}" for name, v in value.items()]
         elif isinstance(value, float):
             lines.append(f"  {key:<35} {value:.4f}")

@@ -121,7 +121,7 @@ class NucleiTask(Task):
     def score(self, dataset, predictions):
         from .evaluation import evaluate_nuclei
 
-        summary, rows = evaluate_nuclei(dataset.ids, dataset.instances, predictions)
+        summary, rows = evaluate_nuclei(dataset.ids, dataset.instances, predictions, dataset.images)
         return summary, rows, None
 
     def draw(self, image, labels, palette):
