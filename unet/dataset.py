@@ -1,4 +1,5 @@
-"""The in-memory dataset: images with their class maps (and nucleus instances), in id order."""
+"""The in-memory dataset: images with their class maps (and nucleus instances), in id order; and the
+groups (modality, size) an image is reported by."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .io import DataError
+
+COLOUR_SPREAD = 1.0  # an image whose channels differ by more than this on average (0-255 scale) is colour
 
 DEFAULT_COLORS = np.array(
     [[0, 0, 0], [230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48],
@@ -83,11 +86,21 @@ class Dataset:
         return "\n".join(lines)
 
 
+def is_colour(image) -> bool:
+    """Whether the image is a colour (stained) image, not gray stored in RGB: its channels differ."""
+    rgb = np.asarray(image, np.float32)
+    return bool(rgb.ndim == 3 and rgb.shape[2] >= 3 and np.abs(np.diff(rgb[..., :3], axis=2)).mean() > COLOUR_SPREAD)
+
+
 def modality(image) -> str:
     """'colour' (H&E, colour brightfield), 'brightfield' (gray, bright background) or
     'fluorescence' (gray, dark background): the groups DSB2018 results are reported by."""
-    from .preprocess import is_colour
-
     if is_colour(image):
         return "colour"
     return "brightfield" if np.median(np.asarray(image)) > 127 else "fluorescence"
+
+
+def size_group(image) -> str:
+    """The image's size class by its longer side: DSB2018 has 256-360, 512-696 and 1000-1388 px."""
+    side = max(np.asarray(image).shape[:2])
+    return "small (<500 px)" if side < 500 else "medium (500-999 px)" if side < 1000 else "large (>=1000 px)"

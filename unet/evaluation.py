@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .dataset import modality, size_group
+
 THRESHOLDS = np.round(np.arange(0.5, 1.0, 0.05), 2)  # 0.50, 0.55, ..., 0.95
 
 
@@ -66,20 +68,12 @@ def nuclei_scores(truth: np.ndarray, prediction: np.ndarray) -> dict[str, float]
             "true_nuclei": iou.shape[0], "predicted_nuclei": iou.shape[1]}
 
 
-def size_group(image) -> str:
-    """The image's size class by its longer side: DSB2018 has 256-360, 512-696 and 1000-1388 px."""
-    side = max(np.asarray(image).shape[:2])
-    return "small (<500 px)" if side < 500 else "medium (500-999 px)" if side < 1000 else "large (>=1000 px)"
-
-
 def evaluate_nuclei(ids, truths, predictions, images=None) -> tuple[dict, list[dict]]:
     """(summary over images, one row per image). Scores are means over images.
 
     With the ``images``, each row also names its modality and size group, and the summary
     holds the mAP of each group (``map_by_group``, ``map_by_size``), as DSB2018 results are reported.
     """
-    from .dataset import modality
-
     rows = [{"image": i, **nuclei_scores(t, p)} for i, t, p in zip(ids, truths, predictions)]
     keys = ("map", "ap50", "f1_50", "foreground_iou", "foreground_dice")
     summary = {k: float(np.mean([row[k] for row in rows])) for k in keys}

@@ -13,14 +13,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .dataset import is_colour
+
 COLOR_MODES = ("rgb", "gray", "hematoxylin")
-COLOUR_SPREAD = 1.0  # an image whose channels differ by more than this on average (0-255 scale) is colour
-
-
-def is_colour(image) -> bool:
-    """Whether the image is a colour (stained) image, not gray stored in RGB: its channels differ."""
-    rgb = np.asarray(image, np.float32)
-    return bool(rgb.ndim == 3 and rgb.shape[2] >= 3 and np.abs(np.diff(rgb[..., :3], axis=2)).mean() > COLOUR_SPREAD)
 
 
 def intensity_range(image: np.ndarray) -> tuple[float, float]:
