@@ -30,7 +30,8 @@ def test_accuracy_benchmark_scores_both_recipes(tmp_path):
     report = tmp_path / "accuracy.json"
     _run(BENCHMARKS / "accuracy.py", "--train", tmp_path / "data" / "dsb2018" / "stage1_train",
          "--test", tmp_path / "data" / "dsb2018" / "stage1_test", "--minutes", 0.05, "--image-size", 64,
-         "--logs", tmp_path / "logs", "--json", report, "--set", "contact_width=1")
+         "--logs", tmp_path / "logs", "--json", report, "--set", "contact_width=1",
+         "--set", f"npy_dir={tmp_path / 'npy'}")  # the cache in the test's folder, not the repository's
     results = json.loads(report.read_text())
     for recipe in ("project", "starter"):
         assert 0 <= results[recipe]["map"] <= 1 and results[recipe]["images"] == 2
@@ -41,7 +42,7 @@ def test_accuracy_benchmark_scores_both_recipes(tmp_path):
     # the user's path: what differs from `unet train`'s defaults is data, budget, bookkeeping, --set and
     # the 'auto' settings the run resolved
     changed = {key for key, default in Config().to_dict().items() if saved[key] != default and default != "auto"}
-    assert changed <= {"data_dir", "stray", "image_size", "max_minutes", "logs_dir", "run_name", "contact_width",
+    assert changed <= {"data_dir", "npy_dir", "stray", "image_size", "max_minutes", "logs_dir", "run_name", "contact_width",
                        "num_classes", "extra"}, changed
 
     # --evaluate scores the saved model again without training: the same predictions, the same score
