@@ -33,6 +33,19 @@ def test_zoomed_crops_rescale_objects_and_stay_aligned():
     assert min(block_sizes) < 9 and max(block_sizes) > 11  # objects shrunk and grown
 
 
+def test_crop_sampling_weighs_images_by_area_or_equally():
+    images = [np.zeros((64, 64, 1), np.uint8), np.zeros((16, 16, 1), np.uint8)]  # areas 16:1
+    targets = [np.zeros(image.shape[:2], np.uint8) for image in images]
+    expected = {"area": 16 / 17, "sqrt_area": 4 / 5, "image": 1 / 2}
+    for sampling, share in expected.items():
+        sampler = CropSampler(images, targets, [(0.0, 1.0)] * 2, size=16, seed=0, sampling=sampling)
+        assert np.isclose(sampler.weights[0], share)
+        drawn = [int(sampler.rng.choice(2, p=sampler.weights)) for _ in range(2000)]
+        assert abs(drawn.count(0) / 2000 - share) < 0.04
+    config = Config(crop_sampling="image")
+    assert Config.from_dict(config.to_dict()).crop_sampling == "image"
+
+
 def test_train_dataset_is_deterministic_and_not_autotuned():
     # Autotuning is off: its optimisation thread made each fit() wait up to a minute at its end.
     rng = np.random.default_rng(0)

@@ -19,6 +19,7 @@ CHOICES = {  # fields with a fixed set of values
     "xla": ("auto", "on", "off"),
     "strategy": ("auto", "mirrored", "default"),
     "lr_schedule": ("plateau", "cosine"),
+    "crop_sampling": ("area", "sqrt_area", "image"),
 }
 POSITIVE = ("image_size", "batch_size", "epochs", "base_filters", "depth", "tile_size")
 NON_NEGATIVE = ("steps_per_epoch", "num_classes", "contact_width", "min_nucleus_area", "early_stopping_patience",
@@ -79,6 +80,8 @@ class Config:
     class_weights: list[float] | None = None
     augment: bool = True
     zoom_augment: float = 0.25  # crops rescaled by a random factor in [1/(1+z), 1+z]; 0: none
+    crop_sampling: str = "area"  # an image is cropped with probability proportional to its 'area' (every pixel
+    # equally likely), to 'sqrt_area', or the same for every 'image' (as the metric weighs them)
     max_minutes: float = 0.0  # training time budget: stop cleanly when spent (best model kept); 0: none
     early_stopping_patience: int = 12
     reduce_lr_patience: int = 5

@@ -45,18 +45,30 @@ def _resized(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return resized.round().astype(image.dtype) if image.dtype.kind in "ui" else resized.astype(np.float32)
 
 
+SAMPLING_POWERS = {"area": 1.0, "sqrt_area": 0.5, "image": 0.0}
+
+
+def sampling_weights(shapes, sampling: str = "area") -> np.ndarray:
+    """The probability of cropping each image of these (height, width) shapes: area**power."""
+    areas = np.array([height * width for height, width in shapes], np.float64)
+    weights = areas ** SAMPLING_POWERS[sampling]
+    return weights / weights.sum()
+
+
 class CropSampler:
     """Endless random crops at native resolution, with flips and 90-degree rotations.
 
-    Images are drawn with probability proportional to their area, so every pixel is equally
-    likely to be seen; each crop is normalized with its whole image's intensity range.
+    Images are drawn with probability proportional to their area (``sampling='area'``: every
+    pixel equally likely to be seen), to its square root ('sqrt_area'), or uniformly ('image':
+    every image as often, as an image-averaged metric weighs them); each crop is normalized
+    with its whole image's intensity range.
     """
 
-    def __init__(self, images, targets, ranges, size: int, seed: int, augment: bool = True, zoom: float = 0.0):
+    def __init__(self, images, targets, ranges, size: int, seed: int, augment: bool = True, zoom: float = 0.0,
+                 sampling: str = "area"):
         self.images, self.targets, self.ranges = images, targets, ranges
         self.size, self.augment, self.zoom = size, augment, zoom
-        areas = np.array([im.shape[0] * im.shape[1] for im in images], np.float64)
-        self.weights = areas / areas.sum()
+        self.weights = sampling_weights([im.shape[:2] for im in images], sampling)
         self.rng = np.random.default_rng(seed)
 
     def _window(self) -> int:
@@ -116,7 +128,8 @@ def make_train_dataset(images, targets, ranges, config, global_batch: int):
     import tensorflow as tf
 
     size, channels = config.image_size, np.asarray(images[0]).shape[-1]
-    sampler = CropSampler(images, targets, ranges, size, config.seed, config.augment, config.zoom_augment)
+    sampler = CropSampler(images, targets, ranges, size, config.seed, config.augment, config.zoom_augment,
+                          config.crop_sampling)
     dataset = tf.data.Dataset.from_generator(
         lambda: iter(sampler),
         output_signature=(tf.TensorSpec((size, size, channels), tf.float32), tf.TensorSpec((size, size, 1), tf.uint8)))
