@@ -54,3 +54,14 @@ def test_accuracy_benchmark_scores_both_recipes(tmp_path):
     assert "starter" not in rescored and rescored["project"]["epochs"] == 0
     assert rescored["project"]["map"] == results["project"]["map"]
     assert rescored["project"]["predicted_nuclei"] == results["project"]["predicted_nuclei"]
+
+    # the inference-scale probe: at scale 1 it re-tunes the run's (already tuned) thresholds on the same
+    # validation images, so it keeps them and scores the test images as the benchmark did
+    scales = tmp_path / "scales.json"
+    _run(BENCHMARKS / "inference_scale.py", "--model", results["project"]["run"], "--train",
+         tmp_path / "data" / "dsb2018" / "stage1_train", "--test", tmp_path / "data" / "dsb2018" / "stage1_test",
+         "--scales", "1,2", "--npy-dir", tmp_path / "npy", "--json", scales)
+    probe = json.loads(scales.read_text())
+    assert set(probe["scales"]) == {"1.0", "2.0"} and probe["chosen"] in probe["scales"]
+    assert probe["scales"]["1.0"]["test"]["map"] == results["project"]["map"]
+    assert all(0 <= row["validation"]["map"] <= 1 for row in probe["scales"].values())
