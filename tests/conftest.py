@@ -16,6 +16,24 @@ from PIL import Image
 from unet.rle import rle_encode
 
 
+REPOSITORY = Path(__file__).resolve().parents[1]
+
+
+def _repository_outputs() -> set[str]:
+    """What lies in the repository's default cache and log folders (the user's, not the tests')."""
+    return {str(path.relative_to(REPOSITORY)) for folder in ("npy", "logs") if (REPOSITORY / folder).is_dir()
+            for path in (REPOSITORY / folder).iterdir()}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def tests_write_only_their_own_folders():
+    """Every test writes under its tmp_path: nothing new appears in the repository's npy/ or logs/."""
+    before = _repository_outputs()
+    yield
+    added = _repository_outputs() - before
+    assert not added, f"the tests wrote into the repository: {sorted(added)}"
+
+
 def disk(shape, center, radius) -> np.ndarray:
     yy, xx = np.mgrid[: shape[0], : shape[1]]
     return (yy - center[0]) ** 2 + (xx - center[1]) ** 2 <= radius**2
@@ -107,7 +125,7 @@ def fake_run(tmp_path, kind, channels, palette):
     run.mkdir()
     keras.utils.set_random_seed(1)
     config = Config(kind=kind, head="boundary" if kind == "dsb2018" else "multiclass", num_classes=channels,
-                    tile_size=64, extra={"palette": palette})
+                    tile_size=64, npy_dir=str(tmp_path / "npy"), extra={"palette": palette})
     build_unet(Preprocessor.for_config(config).channels, channels, base_filters=2, depth=2).save(run / "best.keras")
     config.save(run / "config.json")
     return run / "best.keras"
