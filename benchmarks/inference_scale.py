@@ -1,4 +1,4 @@
-"""Does predicting at another resolution help a trained nuclei model?
+r"""Does predicting at another resolution help a trained nuclei model?
 
 For each scale s the image is resized by s, its probabilities are predicted (the run's tiling
 and TTA) and resized back; the thresholds are tuned again on the run's validation images at
