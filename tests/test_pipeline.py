@@ -75,3 +75,60 @@ def test_a_training_crop_is_the_prediction_input_cut_out():
         matches = [(y, x) for y in range(70 - 31) for x in range(90 - 31)
                    if np.allclose(whole[y:y + 32, x:x + 32], crop, atol=1e-6)]
         assert matches and crop.shape[-1] == preprocessor.channels
+
+
+def _stained_image(rng, shape=(48, 56)):
+    """An H&E-like uint8 RGB image: pink background, purple blobs (nuclei)."""
+    image = np.empty(shape + (3,), np.uint8)
+    image[:] = (235, 170, 210)
+    image[8:24, 10:30] = (110, 60, 160)
+    image[30:44, 30:50] = (140, 90, 180)
+    return np.clip(image.astype(int) + rng.integers(-12, 13, image.shape), 1, 255).astype(np.uint8)
+
+
+def test_stain_jitter_scales_each_stain_by_its_own_factor():
+    from skimage.color import hed_from_rgb
+
+    from unet.pipeline import stain_jitter
+
+    rng = np.random.default_rng(0)
+    image = _stained_image(rng)
+    assert np.array_equal(stain_jitter(image, 0.0, rng), image)  # no jitter: the same pixels, same dtype
+    rgba = np.concatenate([image, np.full(image.shape[:2] + (1,), 7, np.uint8)], axis=-1)
+    jittered = stain_jitter(rgba, 0.3, np.random.default_rng(3))  # factors 0.75, 0.84, 1.18
+    assert jittered.dtype == np.uint8 and jittered.shape == rgba.shape and (jittered[..., 3] == 7).all()
+    factors = np.random.default_rng(3).uniform(0.7, 1.3, 3)
+    stains = [-np.log(np.maximum(a[..., :3] / 255.0, 1 / 255)) @ hed_from_rgb for a in (image, jittered)]
+    for channel in range(2):  # hematoxylin and eosin, where the image holds them
+        present = np.abs(stains[0][..., channel]) > 0.15
+        ratio = np.median(stains[1][..., channel][present] / stains[0][..., channel][present])
+        assert abs(ratio - factors[channel]) < 0.03
+
+
+def test_stain_augmentation_changes_colour_crops_only_and_keeps_their_windows():
+    rng = np.random.default_rng(3)
+    colour, gray = _stained_image(rng), np.repeat(rng.integers(0, 255, (48, 56, 1), dtype=np.uint8), 3, axis=2)
+    originals = [colour, gray]
+    preprocessor = Preprocessor("gray")
+    prepared = [preprocessor.prepare(image) for image in originals]
+    targets = [np.zeros(image.shape[:2], np.uint8) for image in originals]
+
+    def crops(stain):
+        sampler = CropSampler([p[0] for p in prepared], targets, [p[1] for p in prepared], size=32, seed=5, zoom=0.25,
+                              stain=stain, originals=originals, preprocessor=preprocessor)
+        assert set(sampler.stain_sources) == ({0} if stain else set())  # the colour image only
+        return [sampler.crop(index)[0] for index in (0, 1, 0, 1)]
+
+    plain, faint, strong = crops(0.0), crops(1e-6), crops(0.5)
+    for a, b, c, index in zip(plain, faint, strong, (0, 1, 0, 1)):
+        assert np.allclose(a, b, atol=1e-5)  # factors ~1: the plain crop, same window, same normalisation
+        assert np.array_equal(a, c) == (index == 1)  # gray images never jittered
+    config = Config(stain_augment=0.3)
+    assert Config.from_dict(config.to_dict()).stain_augment == 0.3
+    for bad in ({"stain_augment": 1.0}, {"stain_augment": 0.2, "input_mode": "resize"}):
+        try:
+            Config(**bad)
+        except ValueError as error:
+            assert "stain_augment" in str(error)
+        else:
+            raise AssertionError(f"{bad} accepted")

@@ -25,7 +25,8 @@ POSITIVE = ("image_size", "batch_size", "epochs", "base_filters", "depth", "tile
 NON_NEGATIVE = ("steps_per_epoch", "num_classes", "contact_width", "min_nucleus_area", "early_stopping_patience",
                 "reduce_lr_patience")
 FRACTIONS = {"val_fraction": (0.0, 1.0), "dropout": (0.0, 1.0), "tile_overlap": (0.0, 1.0),  # [low, high)
-             "min_class_share": (0.0, 1.0), "seed_threshold": (0.0, 1.0), "foreground_threshold": (0.0, 1.0)}
+             "min_class_share": (0.0, 1.0), "seed_threshold": (0.0, 1.0), "foreground_threshold": (0.0, 1.0),
+             "stain_augment": (0.0, 1.0)}
 NUMBERS = {"learning_rate": (1e-12, 10.0), "dice_weight": (0.0, 1e3), "zoom_augment": (0.0, 10.0),  # [low, high]
            "ignore_label": (0, 255), "max_minutes": (0.0, 1e6)}
 
@@ -80,6 +81,8 @@ class Config:
     class_weights: list[float] | None = None
     augment: bool = True
     zoom_augment: float = 0.25  # crops rescaled by a random factor in [1/(1+z), 1+z]; 0: none
+    stain_augment: float = 0.0  # colour images: each stain's amount (hematoxylin, eosin, DAB) scaled by a random
+    # factor in [1 - s, 1 + s] before the colour mode (see pipeline.stain_jitter); 0: none
     crop_sampling: str = "area"  # an image is cropped with probability proportional to its 'area' (every pixel
     # equally likely), to 'sqrt_area', or the same for every 'image' (as the metric weighs them)
     max_minutes: float = 0.0  # training time budget: stop cleanly when spent (best model kept); 0: none
@@ -134,6 +137,8 @@ class Config:
             if getattr(self, name) % stride:
                 raise ConfigError(name, f"{getattr(self, name)} is not a multiple of 2**depth = {stride} "
                                         f"(the U-Net halves the size {self.depth} times)")
+        if self.stain_augment and self.input_mode == "resize":
+            raise ConfigError("stain_augment", "jitters native-resolution crops: it needs input_mode 'crop'")
         if self.class_weights is not None and (
                 not isinstance(self.class_weights, list) or not all(isinstance(w, (int, float)) and w >= 0
                                                                     for w in self.class_weights)):

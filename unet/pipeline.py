@@ -61,15 +61,20 @@ class CropSampler:
     Images are drawn with probability proportional to their area (``sampling='area'``: every
     pixel equally likely to be seen), to its square root ('sqrt_area'), or uniformly ('image':
     every image as often, as an image-averaged metric weighs them); each crop is normalized
-    with its whole image's intensity range.
+    with its whole image's intensity range. With ``stain`` > 0 a colour image's crop is cut from
+    the ``originals`` (the images before the ``preprocessor``), its stains jittered
+    (:func:`stain_jitter`), then turned into the model's input with the whole image's statistics.
     """
 
     def __init__(self, images, targets, ranges, size: int, seed: int, augment: bool = True, zoom: float = 0.0,
-                 sampling: str = "area"):
+                 sampling: str = "area", stain: float = 0.0, originals=None, preprocessor: Preprocessor | None = None):
         self.images, self.targets, self.ranges = images, targets, ranges
         self.size, self.augment, self.zoom = size, augment, zoom
         self.weights = sampling_weights([im.shape[:2] for im in images], sampling)
         self.rng = np.random.default_rng(seed)
+        self.stain, self.preprocessor = stain, preprocessor
+        self.stain_rng = np.random.default_rng([seed, 1])  # its own stream: the crops' windows do not change
+        self.stain_sources = stain_sources(originals, preprocessor) if augment and stain > 0 else {}
 
     def _window(self) -> int:
         """The side cut from the image: ``size``, or size/zoom for a random zoom (resized to size)."""
@@ -79,12 +84,17 @@ class CropSampler:
         return max(8, int(round(self.size / zoom)))
 
     def crop(self, index: int):
-        image, target, window = self.images[index], self.targets[index], self._window()
+        source = self.stain_sources.get(index)  # (original colour image, its statistics) when stains are jittered
+        image, target, window = self.images[index] if source is None else source[0], self.targets[index], self._window()
         if image.shape[0] < window or image.shape[1] < window:
             image, target = pad_to(np.asarray(image), window), pad_to(np.asarray(target), window)
         y = int(self.rng.integers(0, image.shape[0] - window + 1))
         x = int(self.rng.integers(0, image.shape[1] - window + 1))
-        image = normalize(image[y:y + window, x:x + window], self.ranges[index])
+        image = image[y:y + window, x:x + window]
+        if source is None:
+            image = normalize(image, self.ranges[index])
+        else:
+            image = self.preprocessor.apply(stain_jitter(np.asarray(image), self.stain, self.stain_rng), source[1])
         target = np.asarray(target[y:y + window, x:x + window])
         if window != self.size:
             from skimage.transform import resize
@@ -102,6 +112,31 @@ class CropSampler:
     def __iter__(self):
         while True:
             yield self.crop(int(self.rng.choice(len(self.images), p=self.weights)))
+
+
+def stain_sources(originals, preprocessor: Preprocessor) -> dict:
+    """{index: (image, its whole-image Statistics)} of the colour images among ``originals``."""
+    from .dataset import is_colour
+
+    return {index: (image, preprocessor.statistics(image)) for index, image in enumerate(originals)
+            if is_colour(np.asarray(image)[::2, ::2])}
+
+
+def stain_jitter(image: np.ndarray, strength: float, rng) -> np.ndarray:
+    """The RGB(A) image with each stain's amount scaled by a random factor in [1 - strength,
+    1 + strength] (HED jitter, Tellez et al. 2018): each pixel's optical density is split into
+    hematoxylin, eosin and DAB by colour deconvolution (Ruifrok & Johnston's matrix,
+    scikit-image's ``hed_from_rgb``), scaled, and recombined. Same dtype; intensities below one
+    8-bit level count as one level."""
+    from skimage.color import hed_from_rgb, rgb_from_hed
+
+    top = float(np.iinfo(image.dtype).max) if image.dtype.kind in "ui" else 1.0
+    density = -np.log(np.maximum(image[..., :3].astype(np.float32) / np.float32(top), np.float32(1 / 255)))
+    factors = rng.uniform(1.0 - strength, 1.0 + strength, 3)
+    mixing = ((hed_from_rgb * factors[None, :]) @ rgb_from_hed).astype(np.float32)  # stains, scaled, back to density
+    rgb = np.clip(np.exp(-(density @ mixing)) * np.float32(top), 0, top)
+    rgb = np.round(rgb) if image.dtype.kind in "ui" else rgb
+    return np.concatenate([rgb.astype(image.dtype), image[..., 3:]], axis=-1)
 
 
 def photometric_augment(images, seed):
@@ -123,13 +158,16 @@ def photometric_augment(images, seed):
     return ((images - mean) * contrast + mean + brightness) * gains
 
 
-def make_train_dataset(images, targets, ranges, config, global_batch: int):
-    """Repeated tf.data pipeline: crops -> batch -> photometric augmentation -> prefetch."""
+def make_train_dataset(images, targets, ranges, config, global_batch: int, originals=None):
+    """Repeated tf.data pipeline: crops -> batch -> photometric augmentation -> prefetch.
+    ``originals``: the images before preprocessing, which stain augmentation needs."""
     import tensorflow as tf
 
     size, channels = config.image_size, np.asarray(images[0]).shape[-1]
+    if config.augment and config.stain_augment > 0 and originals is None:
+        raise ValueError("stain_augment needs the original images (originals=)")
     sampler = CropSampler(images, targets, ranges, size, config.seed, config.augment, config.zoom_augment,
-                          config.crop_sampling)
+                          config.crop_sampling, config.stain_augment, originals, Preprocessor.for_config(config))
     dataset = tf.data.Dataset.from_generator(
         lambda: iter(sampler),
         output_signature=(tf.TensorSpec((size, size, channels), tf.float32), tf.TensorSpec((size, size, 1), tf.uint8)))

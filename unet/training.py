@@ -101,7 +101,7 @@ def _fit(config: Config, train_set: Dataset, val_set: Dataset, precision: str, v
 
     train_images, train_targets, train_ranges = prepare_arrays(train_set.images, task.targets(train_set, config), config)
     val_images, val_targets, val_ranges = prepare_arrays(val_set.images, task.targets(val_set, config), config)
-    data = make_train_dataset(train_images, train_targets, train_ranges, config, global_batch)
+    data = make_train_dataset(train_images, train_targets, train_ranges, config, global_batch, train_set.images)
     val_x, val_y = validation_tiles(val_images, val_targets, val_ranges, config.image_size)
     steps = default_steps(train_images, config, global_batch)
     model = _compiled_model(config, strategy)
