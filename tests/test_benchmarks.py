@@ -65,3 +65,12 @@ def test_accuracy_benchmark_scores_both_recipes(tmp_path):
     assert set(probe["scales"]) == {"1.0", "2.0"} and probe["chosen"] in probe["scales"]
     assert probe["scales"]["1.0"]["test"]["map"] == results["project"]["map"]
     assert all(0 <= row["validation"]["map"] <= 1 for row in probe["scales"].values())
+
+    # the post-processing probe: its 'base' variant at the untuned thresholds is the run's own score of
+    # its validation images before tuning (float16 probabilities aside)
+    out = _run(BENCHMARKS / "postprocessing.py", results["project"]["run"], "--variants", "base,smooth",
+               "--grid", "0.5", "--areas", "12", "--workers", "1")
+    scores = {line.split()[0]: float(line.split("mAP ")[1].split()[0]) for line in out.splitlines() if " mAP " in line}
+    tuned = json.loads((Path(results["project"]["run"]) / "thresholds.json").read_text())
+    assert set(scores) == {"base", "smooth"} and abs(scores["base"] - tuned["untuned_map"]) < 0.02
+    assert (Path(results["project"]["run"]) / "postprocessing_validation.npz").is_file()
