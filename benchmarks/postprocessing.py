@@ -40,19 +40,14 @@ def project(p, seed, foreground, area):
 
 def watershed_variant(p, seed, foreground, area, seeds_from="interior", surface="interior", smooth=0.0):
     """The project's 3-class watershed with another seed map, flooded surface or blurred input."""
-    from skimage.segmentation import watershed
-
-    from unet.nuclei import relabel_instances
+    from unet.nuclei import grow_seeds
 
     p = ndi.gaussian_filter(p, (smooth, smooth, 0)) if smooth else p
     interior, boundary = p[..., 1], p[..., 2]
     mask = interior + boundary > foreground
     seed_map = interior - boundary if seeds_from == "difference" else interior
-    labels = watershed({"interior": -interior, "boundary": boundary, "difference": boundary - interior}[surface],
-                       markers=ndi.label((seed_map > seed) & mask)[0], mask=mask)
-    orphans = ndi.label(mask & (labels == 0))[0]
-    labels = np.where(orphans > 0, orphans + labels.max(), labels)
-    return relabel_instances(labels.astype(np.int32), area)
+    elevation = {"interior": -interior, "boundary": boundary, "difference": boundary - interior}[surface]
+    return grow_seeds(ndi.label((seed_map > seed) & mask)[0], elevation, mask, area)
 
 
 def filled(labels):
@@ -89,15 +84,15 @@ _IMAGES: dict = {}
 
 def _load(path: str) -> None:
     with np.load(path) as saved:
-        _IMAGES.update({key: saved[key] for key in saved.files})
+        _IMAGES.update({key: saved[key].astype(np.float32) if key.startswith("p_") else saved[key]
+                        for key in saved.files})  # probabilities back to float32 once, not per score
 
 
 def _score(job) -> float:
     from unet.evaluation import nuclei_scores
 
     variant, image_id, key = job
-    probabilities = _IMAGES[f"p_{image_id}"].astype(np.float32)
-    return nuclei_scores(_IMAGES[f"t_{image_id}"], VARIANTS[variant](probabilities, *key))["map"]
+    return nuclei_scores(_IMAGES[f"t_{image_id}"], VARIANTS[variant](_IMAGES[f"p_{image_id}"], *key))["map"]
 
 
 def validation_probabilities(run_dir: Path) -> Path:

@@ -62,15 +62,13 @@ def nuclei_from_probabilities(probabilities: np.ndarray, min_area: int = 12, see
     """
     from scipy import ndimage as ndi
     from skimage.feature import peak_local_max
-    from skimage.segmentation import watershed
 
     probabilities = np.asarray(probabilities, np.float32)
     if probabilities.shape[-1] == 3:
         interior, boundary = probabilities[..., 1], probabilities[..., 2]
         foreground = interior + boundary > foreground_threshold
-        seeds = ndi.label((interior > seed_threshold) & foreground)[0]
-        labels = watershed(-interior, markers=seeds, mask=foreground)
-    elif probabilities.shape[-1] == 1:
+        return grow_seeds(ndi.label((interior > seed_threshold) & foreground)[0], -interior, foreground, min_area)
+    if probabilities.shape[-1] == 1:
         foreground = probabilities[..., 0] > foreground_threshold
         distance = ndi.distance_transform_edt(foreground)
         components = ndi.label(foreground)[0]
@@ -78,9 +76,17 @@ def nuclei_from_probabilities(probabilities: np.ndarray, min_area: int = 12, see
                                exclude_border=False)
         markers = np.zeros(foreground.shape, np.int32)
         markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
-        labels = watershed(-distance, markers=markers, mask=foreground)
-    else:
-        raise ValueError(f"nuclei need 1 or 3 output channels, not {probabilities.shape[-1]}")
+        return grow_seeds(markers, -distance, foreground, min_area)
+    raise ValueError(f"nuclei need 1 or 3 output channels, not {probabilities.shape[-1]}")
+
+
+def grow_seeds(seeds: np.ndarray, elevation: np.ndarray, foreground: np.ndarray, min_area: int) -> np.ndarray:
+    """uint16 nuclei: labelled ``seeds`` grown by watershed over ``elevation`` within ``foreground``;
+    foreground no seed reached becomes nuclei of its own; objects under ``min_area`` pixels removed."""
+    from scipy import ndimage as ndi
+    from skimage.segmentation import watershed
+
+    labels = watershed(elevation, markers=seeds, mask=foreground)
     orphans = ndi.label(foreground & (labels == 0))[0]  # foreground no seed reached: nuclei of their own
     labels = np.where(orphans > 0, orphans + labels.max(), labels)
     return relabel_instances(labels.astype(np.int32), min_area)

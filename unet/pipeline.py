@@ -73,6 +73,8 @@ class CropSampler:
         self.weights = sampling_weights([im.shape[:2] for im in images], sampling)
         self.rng = np.random.default_rng(seed)
         self.stain, self.preprocessor = stain, preprocessor
+        if augment and stain > 0 and (originals is None or preprocessor is None):
+            raise ValueError("stain jitter needs the original images and the preprocessor (originals=, preprocessor=)")
         self.stain_rng = np.random.default_rng([seed, 1])  # its own stream: the crops' windows do not change
         self.stain_sources = stain_sources(originals, preprocessor) if augment and stain > 0 else {}
 
@@ -164,8 +166,6 @@ def make_train_dataset(images, targets, ranges, config, global_batch: int, origi
     import tensorflow as tf
 
     size, channels = config.image_size, np.asarray(images[0]).shape[-1]
-    if config.augment and config.stain_augment > 0 and originals is None:
-        raise ValueError("stain_augment needs the original images (originals=)")
     sampler = CropSampler(images, targets, ranges, size, config.seed, config.augment, config.zoom_augment,
                           config.crop_sampling, config.stain_augment, originals, Preprocessor.for_config(config))
     dataset = tf.data.Dataset.from_generator(
