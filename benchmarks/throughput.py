@@ -116,7 +116,7 @@ def train_naive(base: int, images, instances, epochs: int) -> dict:
     x = np.stack(images).astype(np.float32) / 255.0
     y = (np.stack(instances) > 0).astype(np.float32)[..., None]
     with precision_policy("float32"):
-        model = build_unet(3, 1, base, 4, fused_batch_norm=False)
+        model = build_unet(3, 1, base, 4, fast_layers=False)
         model.compile(keras.optimizers.Adam(1e-3), "binary_crossentropy", metrics=["accuracy"])
         model.fit(x[:24], y[:24], batch_size=8, epochs=1, verbose=0)  # warm-up: tracing
         clock, start = end_of_training_clock(), time.perf_counter()

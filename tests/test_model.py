@@ -66,7 +66,7 @@ def test_decoder_block_upsamples_and_concatenates():
     model = keras.Model([low, skip], out)
     assert tuple(out.shape) == (None, 8, 8, 4)
     kinds = [type(layer).__name__ for layer in model.layers]
-    assert kinds.index("Conv2DTranspose") < kinds.index("Concatenate") < kinds.index("Dropout")
+    assert kinds.index("Conv2DTranspose") < kinds.index("Concatenate") < kinds.index("FastDropout")
 
 
 def _conv_block_params(cin, f):
@@ -149,6 +149,17 @@ def test_confusion_metrics_on_a_known_case():
     assert values[("dice", 0)] == pytest.approx(2 / 4)
 
 
+
+def test_hard_labels_are_argmax_with_the_first_class_on_ties():
+    from unet.losses import hard_labels
+
+    probabilities = np.random.default_rng(0).random((2, 9, 7, 4)).astype(np.float32)
+    probabilities[0, 0, 0] = [0.3, 0.3, 0.3, 0.1]
+    probabilities[0, 0, 1] = [0.1, 0.4, 0.1, 0.4]
+    labels = np.asarray(hard_labels(probabilities, 4))
+    assert labels.dtype == np.int32 and np.array_equal(labels, probabilities.argmax(axis=-1))
+    assert labels[0, 0, 0] == 0 and labels[0, 0, 1] == 1
+
 def test_binary_metric_thresholds_at_one_half():
     metric = ConfusionMetric(1, "iou", class_id=1)
     metric.update_state(np.array([1, 1, 0, 0]).reshape(1, 2, 2, 1),
@@ -178,3 +189,37 @@ def test_contact_width_widens_the_boundary_only_between_touching_nuclei():
     assert np.array_equal(wide[:, 9:], ring[:, 9:])  # the isolated nucleus keeps its one-pixel ring
     assert np.array_equal(wide > 0, instances > 0)  # the foreground is unchanged
     assert np.array_equal(boundary_target(instances, contact_width=0), ring)
+
+
+@pytest.mark.parametrize("precision", ["float32", "mixed_bfloat16"])
+def test_fast_dropout_drops_at_the_rate_and_scales_the_rest(precision):
+    """Keras's Dropout maths: each value dropped with probability `rate`, the rest scaled by
+    1 / (1 - rate); a new mask per call, the same for the same seed; the gradient flows through
+    the kept values only; identity at inference."""
+    import tensorflow as tf
+
+    from unet.device import precision_policy
+    from unet.model import FastDropout
+
+    x = np.random.default_rng(0).uniform(1.0, 2.0, (3, 37, 41, 5)).astype(np.float32)  # an odd number of values
+    with precision_policy(precision):
+        layer, twin = FastDropout(0.2, seed=7), FastDropout(0.2, seed=7)
+        inputs = tf.cast(tf.constant(x), layer.compute_dtype)
+        with tf.GradientTape() as tape:
+            tape.watch(inputs)
+            out = layer(inputs, training=True)
+            loss = tf.reduce_sum(tf.cast(out, tf.float32))
+        gradient = np.asarray(tf.cast(tape.gradient(loss, inputs), tf.float32))
+        out, again, same_seed = (np.asarray(tf.cast(t, tf.float32)) for t in
+                                 (out, layer(inputs, training=True), twin(inputs, training=True)))
+        inference = np.asarray(tf.cast(layer(inputs, training=False), tf.float32))
+    kept = out != 0
+    assert abs(1 - kept.mean() - 0.2) < 0.01
+    scale = 65536 / (65536 - 13107)  # the rate as a multiple of 1/65536: 13107 / 65536 = 0.19999695
+    expected = np.asarray(tf.cast(inputs, tf.float32)) * scale
+    tolerance = 1e-6 if precision == "float32" else 1e-2
+    np.testing.assert_allclose(out[kept], expected[kept], rtol=tolerance)
+    np.testing.assert_allclose(gradient, np.where(kept, scale, 0.0), rtol=tolerance)
+    assert np.array_equal(out, same_seed) and not np.array_equal(out != 0, again != 0)
+    np.testing.assert_array_equal(inference, np.asarray(tf.cast(inputs, tf.float32)))
+    assert out.dtype == np.float32 and layer(inputs, training=True).dtype.name == layer.compute_dtype

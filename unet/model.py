@@ -74,10 +74,38 @@ class FusedBatchNormalization(layers.BatchNormalization):
         return tf.cast(outputs, self.compute_dtype)
 
 
-def conv_block(input_tensor, num_filters: int, fused_batch_norm: bool = True):
-    """(3x3 convolution, batch normalization, ReLU) twice. ``fused_batch_norm=False`` uses
-    Keras's own BatchNormalization layer (same maths, slower on TensorFlow)."""
-    norm = FusedBatchNormalization if fused_batch_norm else layers.BatchNormalization
+@keras.saving.register_keras_serializable(package="unet")
+class FastDropout(layers.Dropout):
+    """Keras's Dropout, whose mask TensorFlow draws from 16 random bits per value.
+
+    Keras draws a float32 uniform per value (a whole Philox draw, then a conversion); this
+    layer draws half as many 32-bit words and splits each into two 16-bit integers, compared
+    with ``rate`` x 65536. On 2 CPU cores the mask of a 8x256x256x32 bfloat16 tensor (the
+    decoder's full-resolution dropout) takes 28 ms against 66 ms, and dropout was about a
+    fifth of a base-16 training step. Same maths: values dropped with probability ``rate``
+    (rounded to a multiple of 1/65536), the others scaled by 1 / (1 - that probability); other
+    backends and ``noise_shape`` use the Keras code path.
+    """
+
+    def call(self, inputs, training=False):
+        if not (training and 0 < self.rate < 1 and self.noise_shape is None
+                and keras.backend.backend() == "tensorflow"):
+            return super().call(inputs, training=training)
+        import tensorflow as tf
+
+        threshold = round(self.rate * 65536)
+        seed = tf.cast(tf.math.floormod(self.seed_generator.next(), 2**31 - 1), tf.int32)
+        size = tf.size(inputs)
+        words = tf.random.stateless_uniform([(size + 1) // 2], seed, minval=None, maxval=None, dtype=tf.uint32)
+        bits = tf.reshape(tf.reshape(tf.bitcast(words, tf.uint16), [-1])[:size], tf.shape(inputs))
+        scale = tf.constant(65536 / (65536 - threshold), inputs.dtype)
+        return tf.where(bits >= threshold, inputs * scale, tf.zeros_like(inputs))
+
+
+def conv_block(input_tensor, num_filters: int, fast_layers: bool = True):
+    """(3x3 convolution, batch normalization, ReLU) twice. ``fast_layers=False`` uses Keras's
+    own BatchNormalization (and Dropout in the blocks below): same maths, slower on TensorFlow."""
+    norm = FusedBatchNormalization if fast_layers else layers.BatchNormalization
     x = input_tensor
     for _ in range(2):
         x = layers.Conv2D(num_filters, 3, padding="same", use_bias=False, kernel_initializer="he_normal")(x)
@@ -86,24 +114,24 @@ def conv_block(input_tensor, num_filters: int, fused_batch_norm: bool = True):
     return x
 
 
-def encoder_block(input_tensor, num_filters: int, dropout: float = 0.2, fused_batch_norm: bool = True):
+def encoder_block(input_tensor, num_filters: int, dropout: float = 0.2, fast_layers: bool = True):
     """conv_block, 2x2 max pooling, dropout. Returns (skip, pooled)."""
-    skip = conv_block(input_tensor, num_filters, fused_batch_norm)
+    skip = conv_block(input_tensor, num_filters, fast_layers)
     pooled = layers.MaxPooling2D(2)(skip)
-    pooled = layers.Dropout(dropout)(pooled)
+    pooled = (FastDropout if fast_layers else layers.Dropout)(dropout)(pooled)
     return skip, pooled
 
 
-def decoder_block(input_tensor, skip, num_filters: int, dropout: float = 0.2, fused_batch_norm: bool = True):
+def decoder_block(input_tensor, skip, num_filters: int, dropout: float = 0.2, fast_layers: bool = True):
     """2x2 transposed convolution (stride 2), concatenation with the skip, dropout, conv_block."""
     x = layers.Conv2DTranspose(num_filters, 2, strides=2, padding="same")(input_tensor)
     x = layers.Concatenate()([x, skip])
-    x = layers.Dropout(dropout)(x)
-    return conv_block(x, num_filters, fused_batch_norm)
+    x = (FastDropout if fast_layers else layers.Dropout)(dropout)(x)
+    return conv_block(x, num_filters, fast_layers)
 
 
 def build_unet(input_channels: int = 3, num_classes: int = 1, base_filters: int = 16, depth: int = 4,
-               dropout: float = 0.2, name: str = "unet", fused_batch_norm: bool = True) -> keras.Model:
+               dropout: float = 0.2, name: str = "unet", fast_layers: bool = True) -> keras.Model:
     """A U-Net for images of any size divisible by ``2**depth``.
 
     ``num_classes=1`` gives a sigmoid head (binary foreground probability); more classes a
@@ -115,11 +143,11 @@ def build_unet(input_channels: int = 3, num_classes: int = 1, base_filters: int 
     x = SizeCheck(2**depth, name="size_check")(inputs)
     skips = []
     for level in range(depth):
-        skip, x = encoder_block(x, base_filters * 2**level, dropout, fused_batch_norm)
+        skip, x = encoder_block(x, base_filters * 2**level, dropout, fast_layers)
         skips.append(skip)
-    x = conv_block(x, base_filters * 2**depth, fused_batch_norm)  # the bottleneck
+    x = conv_block(x, base_filters * 2**depth, fast_layers)  # the bottleneck
     for level in reversed(range(depth)):
-        x = decoder_block(x, skips[level], base_filters * 2**level, dropout, fused_batch_norm)
+        x = decoder_block(x, skips[level], base_filters * 2**level, dropout, fast_layers)
     activation = "sigmoid" if num_classes == 1 else "softmax"
     outputs = layers.Conv2D(num_classes, 1, activation=activation, dtype="float32", name="probabilities")(x)
     return keras.Model(inputs, outputs, name=name)
