@@ -149,7 +149,6 @@ def test_confusion_metrics_on_a_known_case():
     assert values[("dice", 0)] == pytest.approx(2 / 4)
 
 
-
 def test_hard_labels_are_argmax_with_the_first_class_on_ties():
     from unet.losses import hard_labels
 
@@ -159,6 +158,7 @@ def test_hard_labels_are_argmax_with_the_first_class_on_ties():
     labels = np.asarray(hard_labels(probabilities, 4))
     assert labels.dtype == np.int32 and np.array_equal(labels, probabilities.argmax(axis=-1))
     assert labels[0, 0, 0] == 0 and labels[0, 0, 1] == 1
+
 
 def test_binary_metric_thresholds_at_one_half():
     metric = ConfusionMetric(1, "iou", class_id=1)

@@ -80,7 +80,7 @@ class FastDropout(layers.Dropout):
 
     Keras draws a float32 uniform per value (a whole Philox draw, then a conversion); this
     layer draws half as many 32-bit words and splits each into two 16-bit integers, compared
-    with ``rate`` x 65536. On 2 CPU cores the mask of a 8x256x256x32 bfloat16 tensor (the
+    with ``rate`` x 65536. On 2 CPU cores the mask of an 8x256x256x32 bfloat16 tensor (the
     decoder's full-resolution dropout) takes 28 ms against 66 ms, and dropout was about a
     fifth of a base-16 training step. Same maths: values dropped with probability ``rate``
     (rounded to a multiple of 1/65536), the others scaled by 1 / (1 - that probability); other
@@ -93,7 +93,7 @@ class FastDropout(layers.Dropout):
             return super().call(inputs, training=training)
         import tensorflow as tf
 
-        threshold = round(self.rate * 65536)
+        threshold = min(round(self.rate * 65536), 65535)  # a rate within 2**-17 of 1 drops all but 1/65536
         seed = tf.cast(tf.math.floormod(self.seed_generator.next(), 2**31 - 1), tf.int32)
         size = tf.size(inputs)
         words = tf.random.stateless_uniform([(size + 1) // 2], seed, minval=None, maxval=None, dtype=tf.uint32)
@@ -103,8 +103,9 @@ class FastDropout(layers.Dropout):
 
 
 def conv_block(input_tensor, num_filters: int, fast_layers: bool = True):
-    """(3x3 convolution, batch normalization, ReLU) twice. ``fast_layers=False`` uses Keras's
-    own BatchNormalization (and Dropout in the blocks below): same maths, slower on TensorFlow."""
+    """(3x3 convolution, batch normalization, ReLU) twice. ``fast_layers=False`` builds with
+    Keras's own BatchNormalization (and Dropout, in the encoder and decoder blocks): the same
+    maths, slower on TensorFlow."""
     norm = FusedBatchNormalization if fast_layers else layers.BatchNormalization
     x = input_tensor
     for _ in range(2):
