@@ -101,6 +101,37 @@ def test_an_interrupted_run_resumes_at_the_next_epoch(sample, tmp_path):
     assert not (run.run_dir / "backup").exists()  # removed once the run completed
 
 
+class _RecordAveraging(keras.callbacks.Callback):
+    """The weights validation saw, and at each epoch's end the model's own weights and their average."""
+
+    def __init__(self):
+        super().__init__()
+        self.validated, self.own, self.average = [], [], []
+
+    def on_test_begin(self, logs=None):
+        self.validated.append([w.numpy() for w in self.model.trainable_weights])
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.own.append([w.numpy() for w in self.model.trainable_weights])
+        self.average.append([keras.ops.convert_to_numpy(a)
+                             for a in self.model.optimizer._model_variables_moving_average])
+
+
+def test_weight_averaging_is_what_validation_scores_and_checkpoints_save(sample, tmp_path):
+    data = decode_dataset(sample / "dsb2018", progress=False)
+    train_set, val_set = data.split(0.34, seed=0)
+    recorder = _RecordAveraging()
+    run = train(tiny_config(tmp_path, ema_momentum=0.9, tune_thresholds=False), train_set, val_set, verbose=0,
+                extra_callbacks=[recorder])
+    assert len(recorder.validated) == 2
+    for validated, own, average in zip(recorder.validated, recorder.own, recorder.average):
+        assert all(np.array_equal(v, a) for v, a in zip(validated, average))  # validation: the average
+        assert not all(np.allclose(o, a) for o, a in zip(own, average))  # training: the own weights, restored
+    saved = keras.saving.load_model(run.run_dir / "last.keras", compile=False)
+    assert all(np.array_equal(s.numpy(), a) for s, a in zip(saved.trainable_weights, recorder.average[-1]))
+    assert Config.load(run.run_dir / "config.json").ema_momentum == 0.9
+
+
 def test_mirrored_strategy_trains_on_two_logical_cpus(sample, tmp_path):
     script = textwrap.dedent(f"""
         import json, tensorflow as tf

@@ -14,6 +14,7 @@ import json
 import math
 import shutil
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import keras
@@ -22,8 +23,53 @@ import numpy as np
 from .io import atomic_path, save_png, write_csv, write_text_atomic
 
 
+def _averaging_optimizer(model):
+    """The model's optimizer if it keeps a moving average of the weights (``use_ema``), else None."""
+    optimizer = getattr(model, "optimizer", None)
+    optimizer = getattr(optimizer, "inner_optimizer", optimizer)  # under a loss-scale wrapper
+    return optimizer if hasattr(optimizer, "_model_variables_moving_average") else None
+
+
+def _swap_average(optimizer) -> None:
+    for variable, average in zip(optimizer._trainable_variables, optimizer._model_variables_moving_average):
+        own = keras.ops.convert_to_numpy(variable)
+        variable.assign(average)
+        average.assign(own)
+
+
+@contextmanager
+def averaged_weights(model):
+    """Inside the block the model holds the moving average of its weights (Polyak averaging,
+    ``ema_momentum``), after it its own weights again; a model without an average is untouched."""
+    optimizer = _averaging_optimizer(model)
+    if optimizer is None:
+        yield
+        return
+    _swap_average(optimizer)
+    try:
+        yield
+    finally:
+        _swap_average(optimizer)
+
+
+class AveragedValidation(keras.callbacks.Callback):
+    """Validation scores the moving average of the weights, which checkpoints and snapshots also
+    save and show (``averaged_weights``); training steps and the resume backup keep the model's
+    own weights, so a resumed run continues exactly. Without an average it does nothing."""
+
+    def on_test_begin(self, logs=None):
+        self.optimizer = _averaging_optimizer(self.model)
+        if self.optimizer is not None:
+            _swap_average(self.optimizer)
+
+    def on_test_end(self, logs=None):
+        if self.optimizer is not None:
+            _swap_average(self.optimizer)
+
+
 class Checkpoints(keras.callbacks.Callback):
-    """``last.keras`` after every epoch; ``best.keras`` when the monitored value improves.
+    """``last.keras`` after every epoch; ``best.keras`` when the monitored value improves; with
+    ``ema_momentum``, both hold the moving average of the weights.
 
     The best value so far is kept in ``best.json`` beside the model, so a resumed run only
     replaces ``best.keras`` with a better model, never with the first epoch after the restart.
@@ -47,7 +93,7 @@ class Checkpoints(keras.callbacks.Callback):
                               json.dumps({"epoch": epoch + 1, "monitor": self.monitor, "value": self.best}) + "\n")
 
     def _save(self, path: Path) -> None:
-        with atomic_path(path) as tmp:
+        with atomic_path(path) as tmp, averaged_weights(self.model):
             self.model.save(tmp)
 
 
@@ -207,7 +253,8 @@ class PredictionSnapshots(keras.callbacks.Callback):
         from .tasks import class_map
 
         x, y = self.tiles
-        predictions = class_map(np.asarray(self.model.predict_on_batch(x)))
+        with averaged_weights(self.model):
+            predictions = class_map(np.asarray(self.model.predict_on_batch(x)))
         grid = _image_grid(x, predictions, y[..., 0], self.palette)
         with self.writer.as_default():
             tf.summary.image("validation/input_prediction_truth", grid[None], step=epoch)

@@ -26,7 +26,7 @@ NON_NEGATIVE = ("steps_per_epoch", "num_classes", "contact_width", "min_nucleus_
                 "reduce_lr_patience")
 FRACTIONS = {"val_fraction": (0.0, 1.0), "dropout": (0.0, 1.0), "tile_overlap": (0.0, 1.0),  # [low, high)
              "min_class_share": (0.0, 1.0), "seed_threshold": (0.0, 1.0), "foreground_threshold": (0.0, 1.0),
-             "stain_augment": (0.0, 1.0)}
+             "stain_augment": (0.0, 1.0), "ema_momentum": (0.0, 1.0)}
 NUMBERS = {"learning_rate": (1e-12, 10.0), "dice_weight": (0.0, 1e3), "zoom_augment": (0.0, 10.0),  # [low, high]
            "ignore_label": (0, 255), "max_minutes": (0.0, 1e6)}
 
@@ -77,6 +77,8 @@ class Config:
     epochs: int = 30
     steps_per_epoch: int = 0  # 0: one pass worth of crops over the training pixels
     learning_rate: float = 1e-3
+    ema_momentum: float = 0.0  # > 0: validate, checkpoint and predict with the moving average of the weights
+    # (each step: average = m * average + (1 - m) * weights; Polyak averaging); 0: the weights themselves
     dice_weight: float = 1.0
     class_weights: list[float] | None = None
     augment: bool = True

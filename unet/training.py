@@ -78,7 +78,8 @@ def _compiled_model(config: Config, strategy):
     with strategy.scope():
         model = build_unet(Preprocessor.for_config(config).channels, channels, config.base_filters, config.depth,
                            config.dropout)
-        model.compile(optimizer=keras.optimizers.Adam(config.learning_rate),
+        averaging = {"use_ema": True, "ema_momentum": config.ema_momentum} if config.ema_momentum else {}
+        model.compile(optimizer=keras.optimizers.Adam(config.learning_rate, **averaging),
                       loss=SegmentationLoss(channels, config.dice_weight, config.class_weights, config.ignore_label),
                       metrics=make_metrics(channels, class_names, config.ignore_label),
                       jit_compile=config.xla == "on")
@@ -143,12 +144,14 @@ def make_callbacks(run_dir: Path, config: Config, tiles, palette, extra_callback
     leaves a folder whose backup never runs ahead of its files (see ``callbacks``)."""
     import keras
 
-    from .callbacks import Checkpoints, CosineDecay, EpochLine, HistoryLog, PredictionSnapshots, ResumeBackup, TimeBudget
+    from .callbacks import (AveragedValidation, Checkpoints, CosineDecay, EpochLine, HistoryLog, PredictionSnapshots,
+                            ResumeBackup, TimeBudget)
 
     schedule = (CosineDecay(config.learning_rate, config.max_minutes * 60) if config.lr_schedule == "cosine" else
                 keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=config.reduce_lr_patience,
                                                   min_lr=1e-5))
     return [
+        AveragedValidation(),  # with ema_momentum, the validation below scores the averaged weights
         *([TimeBudget(config.max_minutes * 60)] if config.max_minutes else []),
         keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.early_stopping_patience),
         schedule,
