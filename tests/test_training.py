@@ -132,6 +132,27 @@ def test_weight_averaging_is_what_validation_scores_and_checkpoints_save(sample,
     assert Config.load(run.run_dir / "config.json").ema_momentum == 0.9
 
 
+class _RecordFirstStep(_RecordAveraging):
+    """The own weights and their average before the run's first training step."""
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if not self.own:
+            self.on_epoch_end(None)
+
+
+def test_a_resumed_run_restores_the_own_weights_and_their_average(sample, tmp_path):
+    data = decode_dataset(sample / "dsb2018", progress=False)
+    train_set, val_set = data.split(0.34, seed=0)
+    config = tiny_config(tmp_path, steps_per_epoch=2, ema_momentum=0.9, tune_thresholds=False)
+    interrupted, resumed = _RecordAveraging(), _RecordFirstStep()
+    with pytest.raises(KeyboardInterrupt):  # after the first epoch's backup
+        train(config, train_set, val_set, verbose=0, extra_callbacks=[interrupted, _StopAfterFirstEpoch()])
+    train(config, train_set, val_set, verbose=0, extra_callbacks=[resumed])
+    for before, after in ((interrupted.own[0], resumed.own[0]), (interrupted.average[0], resumed.average[0])):
+        assert all(np.array_equal(b, a) for b, a in zip(before, after))
+    assert not all(np.allclose(o, a) for o, a in zip(resumed.own[0], resumed.average[0]))
+
+
 def test_mirrored_strategy_trains_on_two_logical_cpus(sample, tmp_path):
     script = textwrap.dedent(f"""
         import json, tensorflow as tf
