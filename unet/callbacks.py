@@ -57,6 +57,10 @@ class AveragedValidation(keras.callbacks.Callback):
     save and show (``averaged_weights``); training steps and the resume backup keep the model's
     own weights, so a resumed run continues exactly. Without an average it does nothing."""
 
+    def __init__(self):
+        super().__init__()
+        self.optimizer = None
+
     def on_test_begin(self, logs=None):
         self.optimizer = _averaging_optimizer(self.model)
         if self.optimizer is not None:
@@ -65,6 +69,7 @@ class AveragedValidation(keras.callbacks.Callback):
     def on_test_end(self, logs=None):
         if self.optimizer is not None:
             _swap_average(self.optimizer)
+            self.optimizer = None
 
 
 class Checkpoints(keras.callbacks.Callback):
