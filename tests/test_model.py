@@ -5,7 +5,7 @@ from keras import layers
 
 from unet.losses import ConfusionMetric, SegmentationLoss, SMOOTH
 from unet.model import FusedBatchNormalization, build_unet, conv_block, decoder_block, encoder_block, forward_flops
-from unet.nuclei import boundary_target
+from unet.nuclei import boundary_target, centre_target
 
 
 def test_conv_block_is_conv_bn_relu_twice():
@@ -189,6 +189,24 @@ def test_contact_width_widens_the_boundary_only_between_touching_nuclei():
     assert np.array_equal(wide[:, 9:], ring[:, 9:])  # the isolated nucleus keeps its one-pixel ring
     assert np.array_equal(wide > 0, instances > 0)  # the foreground is unchanged
     assert np.array_equal(boundary_target(instances, contact_width=0), ring)
+
+
+def test_centre_target_marks_each_nucleus_centre_apart_from_its_neighbours():
+    instances = np.zeros((12, 20), np.uint16)
+    instances[1:10, 1:8] = 1  # 9x7 block: depths 1 2 3 4 3 2 1 across its middle row
+    instances[1:10, 8:15] = 2  # a touching 9x7 block
+    instances[2:4, 17:19] = 3  # 2x2: all ring, no centre
+    assert np.array_equal(centre_target(instances)[5, 1:15], [2, 1, 3, 3, 3, 1, 2] * 2)  # deeper than 4/2
+    for width in (0, 3):
+        target, boundary = centre_target(instances, width), boundary_target(instances, width)
+        assert np.array_equal(target > 0, instances > 0)  # the foreground is unchanged
+        assert np.array_equal(target[target != 3], boundary[target != 3])  # centres are the only change
+        assert (target[instances == 3] != 3).all()
+        for label in (1, 2):  # a centre in each nucleus's middle, off its ring
+            rows, cols = np.nonzero((target == 3) & (instances == label))
+            assert len(rows) and rows.min() > 1 and rows.max() < 9
+        centres = target == 3  # the two centres are at least two pixels apart
+        assert not (centres[:, :-2] & centres[:, 2:] & (instances[:, :-2] != instances[:, 2:])).any()
 
 
 @pytest.mark.parametrize("precision", ["float32", "mixed_bfloat16"])

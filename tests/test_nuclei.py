@@ -6,7 +6,7 @@ import numpy as np
 
 from conftest import disk
 from unet.evaluation import nuclei_scores
-from unet.nuclei import boundary_target, nuclei_from_probabilities, relabel_instances
+from unet.nuclei import boundary_target, centre_target, nuclei_from_probabilities, relabel_instances
 from unet.rle import rle_decode, rle_encode_labels
 
 
@@ -24,6 +24,16 @@ def test_two_touching_disks_from_three_class_output():
     labels = nuclei_from_probabilities(probabilities, min_area=5)
     assert labels.max() == 2 and labels.dtype == np.uint16
     assert nuclei_scores(instances, labels)["ap50"] == 1.0
+
+
+def test_touching_disks_from_four_class_output_even_when_the_boundary_is_missed():
+    instances = _two_touching_disks()
+    target = centre_target(instances, contact_width=3)
+    labels = nuclei_from_probabilities(np.eye(4, dtype=np.float32)[target], min_area=5)
+    assert labels.max() == 2 and nuclei_scores(instances, labels)["map"] > 0.9
+    blurred = np.eye(4, dtype=np.float32)[np.where(target == 2, 1, target)]  # no boundary predicted at all:
+    labels = nuclei_from_probabilities(blurred, min_area=5)  # the centres still split the pair
+    assert labels.max() == 2 and nuclei_scores(instances, labels)["ap50"] == 1.0
 
 
 def test_two_touching_disks_from_binary_output():

@@ -37,7 +37,8 @@ def _event_tags(folder):
     return accumulator
 
 
-@pytest.mark.parametrize("kind,head", [("dsb2018", "boundary"), ("dsb2018", "binary"), ("tissue", "auto")])
+@pytest.mark.parametrize("kind,head", [("dsb2018", "boundary"), ("dsb2018", "centre"), ("dsb2018", "binary"),
+                                       ("tissue", "auto")])
 def test_two_epochs_lower_the_loss_and_log_to_tensorboard(sample, tmp_path, kind, head):
     data = decode_dataset(sample / kind, progress=False)
     train_set, val_set = data.split(0.34, seed=0)

@@ -13,7 +13,7 @@ CHOICES = {  # fields with a fixed set of values
     "mask_mode": ("auto", "P", "L", "RGB"),
     "stray": ("error", "ignore"),
     "color_mode": ("auto", "rgb", "gray", "hematoxylin"),
-    "head": ("auto", "binary", "boundary", "multiclass"),
+    "head": ("auto", "binary", "boundary", "centre", "multiclass"),
     "input_mode": ("crop", "resize"),
     "precision": ("auto", "float32", "mixed_bfloat16", "mixed_float16"),
     "xla": ("auto", "on", "off"),
@@ -63,7 +63,7 @@ class Config:
     # hematoxylin density; see preprocess.model_input) or 'auto'
 
     # model
-    head: str = "auto"  # 'auto', 'binary', 'boundary' (nuclei 3-class) or 'multiclass'
+    head: str = "auto"  # 'auto', 'binary', 'boundary' (nuclei 3-class), 'centre' (and centres: 4) or 'multiclass'
     contact_width: int = 3  # nuclei target: pixels this close to another nucleus are boundary; 0: ring only
     num_classes: int = 0  # set from the data when 0
     base_filters: int = 16

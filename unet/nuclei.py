@@ -1,17 +1,22 @@
-"""Nuclei as instances: the 3-class training target (background, interior, boundary), the
-watershed from probabilities to nuclei, and the per-nucleus measurements."""
+"""Nuclei as instances: the training targets (3 classes: background, interior, boundary; 4
+with each nucleus's centre), the watershed from probabilities to nuclei, and the per-nucleus
+measurements."""
 
 from __future__ import annotations
 
 import numpy as np
 
-NUCLEI_PALETTE = np.array([[0, 0, 0], [255, 220, 0], [255, 0, 200]], np.uint8)  # background, interior/nucleus, boundary
+NUCLEI_PALETTE = np.array([[0, 0, 0], [255, 220, 0], [255, 0, 200], [0, 200, 255]], np.uint8)  # background,
+# interior/nucleus, boundary, centre
+CENTRE_FRACTION = 0.5  # a centre pixel is deeper inside its nucleus than this fraction of the nucleus's deepest pixel
 TABLE_COLUMNS = ["image", "label", "area", "centroid_y", "centroid_x", "equivalent_diameter", "eccentricity",
                  "mean_intensity"]
 
 
 def nuclei_classes(head: str) -> list[str]:
-    return ["background", "nucleus"] if head == "binary" else ["background", "interior", "boundary"]
+    if head == "binary":
+        return ["background", "nucleus"]
+    return ["background", "interior", "boundary"] + (["centre"] if head == "centre" else [])
 
 
 def boundary_target(instances: np.ndarray, contact_width: int = 0) -> np.ndarray:
@@ -39,6 +44,33 @@ def boundary_target(instances: np.ndarray, contact_width: int = 0) -> np.ndarray
     return target
 
 
+def centre_target(instances: np.ndarray, contact_width: int = 0) -> np.ndarray:
+    """4-class target: :func:`boundary_target` with each nucleus's centre as class 3.
+
+    The centre is the part of a nucleus deeper than ``CENTRE_FRACTION`` of its deepest pixel
+    (depth: pixel steps to the nucleus's edge, its outer ring at depth 1), so it never holds
+    the ring and the centres of touching nuclei never touch, however wide the contact. The
+    centres are the watershed's seeds (as in contour-aware and distance-map nuclei models);
+    a nucleus only one ring thick has none.
+    """
+    from scipy import ndimage as ndi
+    from skimage.segmentation import find_boundaries
+
+    instances = np.asarray(instances)
+    target = boundary_target(instances, contact_width)
+    inside = instances > 0
+    if not inside.any():
+        return target
+    ring = find_boundaries(instances, mode="inner") & inside
+    depth = ndi.distance_transform_edt(inside & ~ring) + inside
+    labels = instances.astype(np.int64)
+    deepest = np.zeros(labels.max() + 1)
+    present = np.unique(labels[inside])
+    deepest[present] = ndi.maximum(depth, labels, index=present)
+    target[inside & (depth > np.maximum(CENTRE_FRACTION * deepest[labels], 1))] = 3  # never the ring
+    return target
+
+
 def relabel_instances(labels: np.ndarray, min_area: int) -> np.ndarray:
     """Labels 1..n (uint16) after removing objects smaller than ``min_area`` pixels."""
     from skimage.segmentation import relabel_sequential
@@ -56,8 +88,9 @@ def nuclei_from_probabilities(probabilities: np.ndarray, min_area: int = 12, see
 
     3 channels (background, interior, boundary): interiors above ``seed_threshold`` are the
     seeds, grown by watershed over the foreground (interior + boundary above
-    ``foreground_threshold``); foreground without a seed becomes its own nucleus. 1 channel
-    (foreground): distance-transform watershed. Objects smaller than ``min_area`` pixels are
+    ``foreground_threshold``); foreground without a seed becomes its own nucleus. 4 channels
+    (and centre): the centres above ``seed_threshold`` are the seeds, grown down the expected
+    depth (interior 1, centre 2). 1 channel (foreground): distance-transform watershed. Objects smaller than ``min_area`` pixels are
     removed. A run's tuned values are in its ``thresholds.json`` (see ``tuning``).
     """
     from scipy import ndimage as ndi
@@ -68,6 +101,11 @@ def nuclei_from_probabilities(probabilities: np.ndarray, min_area: int = 12, see
         interior, boundary = probabilities[..., 1], probabilities[..., 2]
         foreground = interior + boundary > foreground_threshold
         return grow_seeds(ndi.label((interior > seed_threshold) & foreground)[0], -interior, foreground, min_area)
+    if probabilities.shape[-1] == 4:
+        interior, centre = probabilities[..., 1], probabilities[..., 3]
+        foreground = 1.0 - probabilities[..., 0] > foreground_threshold
+        return grow_seeds(ndi.label((centre > seed_threshold) & foreground)[0], -(interior + 2 * centre), foreground,
+                          min_area)
     if probabilities.shape[-1] == 1:
         foreground = probabilities[..., 0] > foreground_threshold
         distance = ndi.distance_transform_edt(foreground)
@@ -77,7 +115,7 @@ def nuclei_from_probabilities(probabilities: np.ndarray, min_area: int = 12, see
         markers = np.zeros(foreground.shape, np.int32)
         markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
         return grow_seeds(markers, -distance, foreground, min_area)
-    raise ValueError(f"nuclei need 1 or 3 output channels, not {probabilities.shape[-1]}")
+    raise ValueError(f"nuclei need 1, 3 or 4 output channels, not {probabilities.shape[-1]}")
 
 
 def grow_seeds(seeds: np.ndarray, elevation: np.ndarray, foreground: np.ndarray, min_area: int) -> np.ndarray:

@@ -77,7 +77,8 @@ class Task:
 
 
 class NucleiTask(Task):
-    """DSB2018 nuclei: a 3-class head (background, interior, boundary) and a watershed."""
+    """DSB2018 nuclei: a 3-class head (background, interior, boundary; 'centre': and the
+    nuclei's centres) and a watershed."""
 
     kind, name, color_mode = "dsb2018", "nuclei", "gray"  # gray: stains vary, shape is what matters
     metric, score_key = "mAP@0.5:0.95", "map"
@@ -93,15 +94,17 @@ class NucleiTask(Task):
         from .nuclei import nuclei_classes
 
         head = "boundary" if config.head == "auto" else config.head
-        if head not in ("binary", "boundary"):
-            raise ConfigError("head", f"nuclei take 'binary' or 'boundary', not {head!r}")
-        return head, 1 if head == "binary" else 3, nuclei_classes(head)
+        if head not in ("binary", "boundary", "centre"):
+            raise ConfigError("head", f"nuclei take 'binary', 'boundary' or 'centre', not {head!r}")
+        classes = nuclei_classes(head)
+        return head, 1 if head == "binary" else len(classes), classes
 
     def targets(self, dataset, config):
-        from .nuclei import boundary_target
+        from .nuclei import boundary_target, centre_target
 
-        if config.head == "boundary":
-            return [boundary_target(instances, config.contact_width) for instances in dataset.instances]
+        target = {"boundary": boundary_target, "centre": centre_target}.get(config.head)
+        if target is not None:
+            return [target(instances, config.contact_width) for instances in dataset.instances]
         return super().targets(dataset, config)
 
     def truths(self, dataset):

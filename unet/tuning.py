@@ -1,7 +1,7 @@
 """Post-processing thresholds chosen per run on its validation images, as StarDist's
 ``optimize_thresholds`` does, and kept in the run folder as ``thresholds.json``.
 
-The nuclei watershed has three knobs: the interior probability that makes a seed, the
+The nuclei watershed has three knobs: the interior (or centre) probability that makes a seed, the
 foreground probability that is nucleus, and the smallest nucleus kept. After training, the
 model predicts the validation images once; the knobs are searched on those probabilities with
 the DSB2018 score, never on a test set: seed x foreground on a grid that grows by a step past
@@ -62,8 +62,8 @@ def tune_nuclei_thresholds(probabilities: list[np.ndarray], truths: list[np.ndar
     def best() -> tuple:
         return max(scores, key=lambda key: (scores[key], key == default))
 
-    three_class = probabilities[0].shape[-1] == 3
-    seeds = list(SEED_GRID) if three_class else [config.seed_threshold]  # binary head: no seeds
+    seeded = probabilities[0].shape[-1] > 1
+    seeds = list(SEED_GRID) if seeded else [config.seed_threshold]  # binary head: no seeds
     foregrounds = list(FOREGROUND_GRID)
 
     def search_grid(area: int) -> None:
@@ -73,7 +73,7 @@ def tune_nuclei_thresholds(probabilities: list[np.ndarray], truths: list[np.ndar
                 for foreground in foregrounds:
                     score((seed, foreground, area))
             seed, foreground, _ = best()
-            seed_grown = three_class and _grown(seeds, seed)
+            seed_grown = seeded and _grown(seeds, seed)
             if not _grown(foregrounds, foreground) and not seed_grown:
                 return
 
