@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from conftest import disk
-from unet.evaluation import class_scores, confusion_matrix, evaluate_nuclei, format_table, iou_matrix, nuclei_scores
+from unet.evaluation import (class_scores, confusion_matrix, evaluate_nuclei, format_table, iou_matrix, nuclei_scores,
+                             unmatched_causes)
 from unet.losses import ConfusionMetric
 
 
@@ -73,6 +74,22 @@ def test_nuclei_summary_by_modality_and_size_is_the_mean_of_each_groups_images()
     assert "colour (1)" in format_table(summary) and "medium (500-999 px) (1)" in format_table(summary)
     without_images, plain_rows = evaluate_nuclei(["a"], [truth], [truth])
     assert "map_by_group" not in without_images and "modality" not in plain_rows[0]
+
+
+def test_each_unmatched_true_nucleus_gets_one_cause():
+    truth, prediction = np.zeros((20, 60), np.uint16), np.zeros((20, 60), np.uint16)
+    truth[2:8, 2:8], prediction[2:8, 2:8] = 1, 9  # matched
+    truth[2:8, 10:16], truth[2:8, 16:22], prediction[2:8, 10:22] = 2, 3, 4  # two merged into one
+    truth[2:8, 24:32], prediction[2:8, 24:28], prediction[2:8, 28:32] = 5, 5, 6  # split in halves
+    truth[2:8, 34:40], prediction[2:4, 34:40] = 6, 7  # a third found: missed
+    truth[10:14, 2:6], prediction[9:17, 1:9] = 7, 8  # inside a prediction four times its size: outline
+    causes = unmatched_causes(truth, prediction)
+    assert causes == {"merged": 2, "split": 1, "missed": 1, "outline": 1}
+    assert nuclei_scores(truth, prediction)["true_nuclei"] - sum(causes.values()) == 1  # the matched one
+    assert unmatched_causes(truth, truth) == dict.fromkeys(causes, 0)
+    assert unmatched_causes(np.zeros((4, 4)), np.ones((4, 4)))["missed"] == 0  # nothing true, nothing unmatched
+    summary, _ = evaluate_nuclei(["a", "b"], [truth, truth], [prediction, truth])
+    assert summary["unmatched_true_nuclei"] == causes and "merged" in format_table(summary)
 
 
 def test_per_class_iou_on_a_known_confusion_matrix():

@@ -23,16 +23,19 @@ def consecutive_labels(labels: np.ndarray) -> np.ndarray:
     return numbered
 
 
-def iou_matrix(truth: np.ndarray, prediction: np.ndarray) -> np.ndarray:
-    """IoU of every true nucleus (rows) with every predicted one (columns).
-
-    Both maps are renumbered 1..n first (any ids, 0 = background); one co-occurrence histogram
-    of the two then gives all intersections at once.
-    """
+def overlap_counts(truth: np.ndarray, prediction: np.ndarray) -> np.ndarray:
+    """Pixels shared by every true object (rows) and predicted one (columns), background (0)
+    included as the first row and column: one co-occurrence histogram of the two maps, each
+    renumbered 1..n first (any ids)."""
     truth, prediction = consecutive_labels(truth).ravel(), consecutive_labels(prediction).ravel()
     n_true, n_pred = int(truth.max(initial=0)), int(prediction.max(initial=0))
     joint = np.bincount(truth * (n_pred + 1) + prediction, minlength=(n_true + 1) * (n_pred + 1))
-    joint = joint.reshape(n_true + 1, n_pred + 1)
+    return joint.reshape(n_true + 1, n_pred + 1)
+
+
+def iou_matrix(truth: np.ndarray, prediction: np.ndarray) -> np.ndarray:
+    """IoU of every true nucleus (rows) with every predicted one (columns)."""
+    joint = overlap_counts(truth, prediction)
     area_true, area_pred = joint.sum(axis=1), joint.sum(axis=0)
     intersection = joint[1:, 1:]
     union = area_true[1:, None] + area_pred[None, 1:] - intersection
@@ -45,6 +48,35 @@ def match_counts(iou: np.ndarray, threshold: float) -> tuple[int, int, int]:
         raise ValueError("one-to-one matching by thresholding needs IoU thresholds of at least 0.5")
     true_positive = int((iou > threshold).sum())
     return true_positive, iou.shape[1] - true_positive, iou.shape[0] - true_positive
+
+
+UNMATCHED_CAUSES = ("merged", "split", "missed", "outline")
+
+
+def unmatched_causes(truth: np.ndarray, prediction: np.ndarray) -> dict[str, int]:
+    """Why the true nuclei without a match at IoU 0.5 have none, one cause each:
+    'merged' (the prediction holding most of it also holds most of another true nucleus),
+    'split' (predicted as foreground, but no prediction holds half of it), 'missed' (less than
+    half of it predicted as foreground) or 'outline' (one prediction holds most of it, with a
+    wrong outline). Which error a method makes decides what would fix it."""
+    joint = overlap_counts(truth, prediction)
+    counts = dict.fromkeys(UNMATCHED_CAUSES, 0)
+    if joint.shape[0] == 1:
+        return counts
+    area_true, area_pred = joint.sum(axis=1), joint.sum(axis=0)
+    inside = joint[1:, 1:]
+    matched = (inside / np.maximum(area_true[1:, None] + area_pred[None, 1:] - inside, 1) > 0.5).any(axis=1)
+    holds_most = inside * 2 > area_true[1:, None]  # prediction j holds most of true nucleus i
+    for i in np.flatnonzero(~matched):
+        if (area_true[i + 1] - joint[i + 1, 0]) * 2 < area_true[i + 1]:
+            counts["missed"] += 1
+        elif not holds_most[i].any():
+            counts["split"] += 1
+        elif holds_most[:, holds_most[i].argmax()].sum() > 1:
+            counts["merged"] += 1
+        else:
+            counts["outline"] += 1
+    return counts
 
 
 def nuclei_scores(truth: np.ndarray, prediction: np.ndarray) -> dict[str, float]:
@@ -69,7 +101,8 @@ def nuclei_scores(truth: np.ndarray, prediction: np.ndarray) -> dict[str, float]
 
 
 def evaluate_nuclei(ids, truths, predictions, images=None) -> tuple[dict, list[dict]]:
-    """(summary over images, one row per image). Scores are means over images.
+    """(summary over images, one row per image). Scores are means over images; the summary
+    also counts the true nuclei left unmatched at IoU 0.5 by cause (:func:`unmatched_causes`).
 
     With the ``images``, each row also names its modality and size group, and the summary
     holds the mAP of each group (``map_by_group``, ``map_by_size``), as DSB2018 results are reported.
@@ -79,6 +112,8 @@ def evaluate_nuclei(ids, truths, predictions, images=None) -> tuple[dict, list[d
     summary = {k: float(np.mean([row[k] for row in rows])) for k in keys}
     summary.update(images=len(rows), true_nuclei=int(sum(r["true_nuclei"] for r in rows)),
                    predicted_nuclei=int(sum(r["predicted_nuclei"] for r in rows)))
+    causes = [unmatched_causes(t, p) for t, p in zip(truths, predictions)]
+    summary["unmatched_true_nuclei"] = {cause: int(sum(c[cause] for c in causes)) for cause in UNMATCHED_CAUSES}
     if images is not None:
         for key, column, group_of in (("map_by_group", "modality", modality), ("map_by_size", "size", size_group)):
             for row, image in zip(rows, images):
@@ -139,7 +174,8 @@ def format_table(summary: dict) -> str:
         if isinstance(value, dict) and all(isinstance(v, dict) for v in value.values()):  # mAP by group
             lines += [f"  {key:<14} {name + ' (' + str(v['images']) + ')':<26} {v['map']:.4f}" for name, v in value.items()]
         elif isinstance(value, dict):
-            lines += [f"  {key:<10} {name:<24} {'-' if v is None else f'{v:.4f}'}" for name, v in value.items()]
+            lines += [f"  {key:<10} {name:<24} {'-' if v is None else v if isinstance(v, int) else f'{v:.4f}'}"
+                      for name, v in value.items()]
         elif isinstance(value, float):
             lines.append(f"  {key:<35} {value:.4f}")
         elif not isinstance(value, list):
