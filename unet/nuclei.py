@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 
-NUCLEI_PALETTE = np.array([[0, 0, 0], [255, 220, 0], [255, 0, 200], [0, 200, 255]], np.uint8)  # background,
-# interior/nucleus, boundary, centre
+# background, interior (nucleus for a binary head), boundary, centre
+NUCLEI_PALETTE = np.array([[0, 0, 0], [255, 220, 0], [255, 0, 200], [0, 200, 255]], np.uint8)
 CENTRE_FRACTION = 0.5  # a centre pixel is deeper inside its nucleus than this fraction of the nucleus's deepest pixel
 TABLE_COLUMNS = ["image", "label", "area", "centroid_y", "centroid_x", "equivalent_diameter", "eccentricity",
                  "mean_intensity"]
@@ -90,8 +90,9 @@ def nuclei_from_probabilities(probabilities: np.ndarray, min_area: int = 12, see
     seeds, grown by watershed over the foreground (interior + boundary above
     ``foreground_threshold``); foreground without a seed becomes its own nucleus. 4 channels
     (and centre): the centres above ``seed_threshold`` are the seeds, grown down the expected
-    depth (interior 1, centre 2). 1 channel (foreground): distance-transform watershed. Objects smaller than ``min_area`` pixels are
-    removed. A run's tuned values are in its ``thresholds.json`` (see ``tuning``).
+    depth (interior 1, centre 2). 1 channel (foreground): distance-transform watershed.
+    Objects smaller than ``min_area`` pixels are removed. A run's tuned values are in its
+    ``thresholds.json`` (see ``tuning``).
     """
     from scipy import ndimage as ndi
     from skimage.feature import peak_local_max
