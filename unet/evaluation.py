@@ -35,7 +35,11 @@ def overlap_counts(truth: np.ndarray, prediction: np.ndarray) -> np.ndarray:
 
 def iou_matrix(truth: np.ndarray, prediction: np.ndarray) -> np.ndarray:
     """IoU of every true nucleus (rows) with every predicted one (columns)."""
-    joint = overlap_counts(truth, prediction)
+    return iou_of_overlaps(overlap_counts(truth, prediction))
+
+
+def iou_of_overlaps(joint: np.ndarray) -> np.ndarray:
+    """The IoU matrix (objects only) of an :func:`overlap_counts` matrix."""
     area_true, area_pred = joint.sum(axis=1), joint.sum(axis=0)
     intersection = joint[1:, 1:]
     union = area_true[1:, None] + area_pred[None, 1:] - intersection
@@ -63,9 +67,8 @@ def unmatched_causes(truth: np.ndarray, prediction: np.ndarray) -> dict[str, int
     counts = dict.fromkeys(UNMATCHED_CAUSES, 0)
     if joint.shape[0] == 1:
         return counts
-    area_true, area_pred = joint.sum(axis=1), joint.sum(axis=0)
-    inside = joint[1:, 1:]
-    matched = (inside / np.maximum(area_true[1:, None] + area_pred[None, 1:] - inside, 1) > 0.5).any(axis=1)
+    area_true, inside = joint.sum(axis=1), joint[1:, 1:]
+    matched = (iou_of_overlaps(joint) > 0.5).any(axis=1)
     holds_most = inside * 2 > area_true[1:, None]  # prediction j holds most of true nucleus i
     for i in np.flatnonzero(~matched):
         if (area_true[i + 1] - joint[i + 1, 0]) * 2 < area_true[i + 1]:
