@@ -1,7 +1,7 @@
 r"""Does predicting at another resolution help a trained nuclei model?
 
-For each scale s the image is resized by s, its probabilities are predicted (the run's tiling
-and TTA) and resized back; the thresholds are tuned again on the run's validation images at
+For each scale s the image is resized by s (smoothed when shrunk), its probabilities are
+predicted (the run's tiling and TTA) and resized back; the thresholds are tuned again on the run's validation images at
 that scale (as training does at scale 1), and those validation images decide. The test folder
 is scored with each scale's thresholds, to report only.
 
@@ -23,28 +23,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from unet.data import load_from_config, split_for_training  # noqa: E402
 from unet.evaluation import evaluate_nuclei  # noqa: E402
-from unet.inference import predict_probabilities  # noqa: E402
+from unet.inference import probabilities_at_scale  # noqa: E402
 from unet.io import write_text_atomic  # noqa: E402
 from unet.nuclei import nuclei_from_probabilities  # noqa: E402
 from unet.run import Run  # noqa: E402
 from unet.tuning import tune_nuclei_thresholds  # noqa: E402
 
 THRESHOLDS = ("seed_threshold", "foreground_threshold", "min_nucleus_area")
-
-
-def probabilities_at_scale(model, config, image, scale: float) -> np.ndarray:
-    """The model's probabilities for ``image`` resized by ``scale``, resized back to its size."""
-    from skimage.transform import resize
-
-    image = np.asarray(image)
-    if scale == 1.0:
-        return predict_probabilities(model, config, image)
-    height, width = image.shape[:2]
-    resized = resize(image, (round(height * scale), round(width * scale)), order=1, preserve_range=True,
-                     anti_aliasing=False)
-    resized = resized.round().astype(image.dtype) if image.dtype.kind in "ui" else resized.astype(np.float32)
-    probabilities = predict_probabilities(model, config, resized)
-    return resize(probabilities, (height, width), order=1, anti_aliasing=scale > 1).astype(np.float32)
 
 
 def score(dataset, probabilities, thresholds: dict) -> dict:

@@ -211,3 +211,25 @@ def test_cosine_schedule_decays_the_learning_rate_over_the_epochs_or_the_budget(
     plateau = make_callbacks(tmp_path, config.replace(lr_schedule="plateau"), [], None, epoch_lines=False)
     assert not any(isinstance(c, CosineDecay) for c in plateau)
     assert any(isinstance(c, keras.callbacks.ReduceLROnPlateau) for c in plateau)
+
+
+def test_nucleus_diameter_trains_on_rescaled_images_and_predicts_at_native_size(sample, tmp_path, monkeypatch):
+    import unet.scale
+
+    seen = []
+    rescale = unet.scale.rescale_dataset
+
+    def recorded(dataset, target):
+        rescaled = rescale(dataset, target)
+        seen.extend(unet.scale.median_diameter(instances) for instances in rescaled.instances)
+        return rescaled
+
+    monkeypatch.setattr(unet.scale, "rescale_dataset", recorded)
+    data = decode_dataset(sample / "dsb2018", progress=False)
+    train_set, val_set = data.split(0.34, seed=0)
+    run = train(tiny_config(tmp_path, nucleus_diameter=14.0), train_set, val_set, verbose=0)
+    assert len(seen) == len(data) and np.allclose(seen, 14.0, rtol=0.15)  # training and validation images
+    assert (run.run_dir / "thresholds.json").is_file()
+    loaded = Run.load(run.run_dir)
+    image = np.asarray(val_set.images[0])
+    assert loaded.config.nucleus_diameter == 14.0 and loaded.predict(image)[1].shape == image.shape[:2]

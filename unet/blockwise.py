@@ -42,6 +42,12 @@ class BlockPredictor:
     layout: dict = field(init=False)
 
     def __post_init__(self):
+        if self.config.nucleus_diameter:
+            from .config import ConfigError
+
+            raise ConfigError("nucleus_diameter", f"this run sees images rescaled to nuclei "
+                              f"{self.config.nucleus_diameter:g} px across; block-wise prediction runs at native "
+                              "scale only: predict the image in memory (unet predict)")
         self.preprocessor = Preprocessor.for_config(self.config)
         if self.statistics is None:
             self.statistics = self.preprocessor.statistics(self.image)

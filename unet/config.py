@@ -28,7 +28,7 @@ FRACTIONS = {"val_fraction": (0.0, 1.0), "dropout": (0.0, 1.0), "tile_overlap": 
              "min_class_share": (0.0, 1.0), "seed_threshold": (0.0, 1.0), "foreground_threshold": (0.0, 1.0),
              "stain_augment": (0.0, 1.0), "ema_momentum": (0.0, 1.0)}
 NUMBERS = {"learning_rate": (1e-12, 10.0), "dice_weight": (0.0, 1e3), "zoom_augment": (0.0, 10.0),  # [low, high]
-           "ignore_label": (0, 255), "max_minutes": (0.0, 1e6)}
+           "ignore_label": (0, 255), "max_minutes": (0.0, 1e6), "nucleus_diameter": (0.0, 1e3)}
 
 
 class ConfigError(ValueError):
@@ -64,6 +64,8 @@ class Config:
 
     # model
     head: str = "auto"  # 'auto', 'binary', 'boundary' (nuclei 3-class), 'centre' (and centres: 4) or 'multiclass'
+    nucleus_diameter: float = 0.0  # nuclei: > 0: each image resized so that its median nucleus is this many
+    # pixels across (training: by its true nuclei; prediction: by the model's estimate; see scale); 0: native
     contact_width: int = 3  # nuclei target: pixels this close to another nucleus are boundary; 0: ring only
     num_classes: int = 0  # set from the data when 0
     base_filters: int = 16
@@ -141,6 +143,9 @@ class Config:
                                         f"(the U-Net halves the size {self.depth} times)")
         if self.stain_augment and self.input_mode == "resize":
             raise ConfigError("stain_augment", "jitters native-resolution crops: it needs input_mode 'crop'")
+        if self.nucleus_diameter and (self.kind != "dsb2018" or self.input_mode != "crop"):
+            raise ConfigError("nucleus_diameter", "rescales nuclei images (kind 'dsb2018') cropped at their own size "
+                                                  "(input_mode 'crop')")
         if self.class_weights is not None and (
                 not isinstance(self.class_weights, list) or not all(isinstance(w, (int, float)) and w >= 0
                                                                     for w in self.class_weights)):

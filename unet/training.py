@@ -99,6 +99,10 @@ def _fit(config: Config, train_set: Dataset, val_set: Dataset, precision: str, v
     config = resolved_config(config, train_set, replicas, precision)
     config.save(run_dir / "config.json")
     task, global_batch = task_for(config.kind), config.batch_size * replicas
+    if config.nucleus_diameter:  # the model learns every image at one nucleus size (see scale)
+        from .scale import rescale_dataset
+
+        train_set, val_set = (rescale_dataset(dataset, config.nucleus_diameter) for dataset in (train_set, val_set))
 
     train_images, train_targets, train_ranges = prepare_arrays(train_set.images, task.targets(train_set, config), config)
     val_images, val_targets, val_ranges = prepare_arrays(val_set.images, task.targets(val_set, config), config)
