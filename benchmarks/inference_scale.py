@@ -1,9 +1,11 @@
 r"""Does predicting at another resolution help a trained nuclei model?
 
 For each scale s the image is resized by s (smoothed when shrunk), its probabilities are
-predicted (the run's tiling and TTA) and resized back; the thresholds are tuned again on the run's validation images at
-that scale (as training does at scale 1), and those validation images decide. The test folder
-is scored with each scale's thresholds, to report only.
+predicted (the run's tiling and TTA) and resized back (``inference.probabilities_at_scale``);
+the thresholds are tuned again on the run's validation images at that scale (as training does
+at scale 1), and those validation images decide. The test folder is scored with each scale's
+thresholds, to report only. The scales are of the image as it is, also for a run trained with
+``nucleus_diameter`` (whose own prediction chooses a scale per image).
 
     python benchmarks/inference_scale.py --model logs/<run> --train ../shared/data/dsb2018/stage1_train \
         --test ../shared/data/dsb2018/stage1_test --scales 1,0.75,1.5,2 --json scale.json
