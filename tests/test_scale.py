@@ -75,3 +75,18 @@ def test_the_setting_is_for_nuclei_crops_and_refused_where_images_are_not_rescal
 
     with pytest.raises(ConfigError, match="block-wise prediction runs at native scale"):
         BlockPredictor(_bright_is_nucleus_model(), Config(nucleus_diameter=20.0), _image(_disks(5)))
+
+
+def test_the_benchmark_reports_how_close_the_estimated_scale_comes_to_the_true_one():
+    import importlib.util
+
+    from conftest import REPOSITORY
+
+    spec = importlib.util.spec_from_file_location("inference_scale", REPOSITORY / "benchmarks" / "inference_scale.py")
+    probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probe)
+    instances = [_disks(5), _disks(8, (128, 128))]
+    data = Dataset("dsb2018", ["a", "b"], [_image(t) for t in instances], [(t > 0).astype(np.uint8) for t in instances],
+                   instances)
+    report = probe.estimated_scales(_bright_is_nucleus_model(), Config(nucleus_diameter=20.0, tta=False), data)
+    assert report["images"] == 2 and report["within_10_percent"] == 1.0 and report["median_abs_log2_error"] < 0.1
