@@ -66,10 +66,12 @@ def test_nuclei_summary_by_modality_and_size_is_the_mean_of_each_groups_images()
     summary, rows = evaluate_nuclei(["a", "b", "c", "d", "e"], [truth, truth, truth, truth, big_truth],
                                     [truth, wrong, truth, wrong, big_truth], [dark, dark, bright, stained, large])
     assert [row["modality"] for row in rows] == ["fluorescence"] * 2 + ["brightfield", "colour", "fluorescence"]
-    assert summary["map_by_group"] == {"brightfield": {"images": 1, "map": 1.0}, "colour": {"images": 1, "map": 0.0},
-                                       "fluorescence": {"images": 3, "map": pytest.approx(2 / 3)}}
-    assert summary["map_by_size"] == {"medium (500-999 px)": {"images": 1, "map": 1.0},
-                                      "small (<500 px)": {"images": 4, "map": 0.5}}
+    scores = lambda groups: {name: (g["images"], g["map"]) for name, g in groups.items()}  # noqa: E731
+    assert scores(summary["map_by_group"]) == {"brightfield": (1, 1.0), "colour": (1, 0.0),
+                                               "fluorescence": (3, pytest.approx(2 / 3))}
+    assert scores(summary["map_by_size"]) == {"medium (500-999 px)": (1, 1.0), "small (<500 px)": (4, 0.5)}
+    assert sum(summary["map_by_group"]["colour"]["unmatched_true_nuclei"].values()) == 1  # its one nucleus
+    assert sum(summary["map_by_group"]["brightfield"]["unmatched_true_nuclei"].values()) == 0
     assert summary["map"] == pytest.approx(0.6)
     assert "colour (1)" in format_table(summary) and "medium (500-999 px) (1)" in format_table(summary)
     without_images, plain_rows = evaluate_nuclei(["a"], [truth], [truth])
@@ -88,8 +90,12 @@ def test_each_unmatched_true_nucleus_gets_one_cause():
     assert nuclei_scores(truth, prediction)["true_nuclei"] - sum(causes.values()) == 1  # the matched one
     assert unmatched_causes(truth, truth) == dict.fromkeys(causes, 0)
     assert unmatched_causes(np.zeros((4, 4)), np.ones((4, 4)))["missed"] == 0  # nothing true, nothing unmatched
-    summary, _ = evaluate_nuclei(["a", "b"], [truth, truth], [prediction, truth])
-    assert summary["unmatched_true_nuclei"] == causes and "merged" in format_table(summary)
+    gray = np.zeros((20, 60, 3), np.uint8)
+    summary, rows = evaluate_nuclei(["a", "b"], [truth, truth], [prediction, truth], [gray, gray])
+    assert summary["unmatched_true_nuclei"] == causes and "merged 2" in format_table(summary)
+    assert [row["unmatched_merged"] for row in rows] == [2, 0]  # per image, as per_image.csv lists them
+    (group,) = summary["map_by_group"].values()
+    assert group["unmatched_true_nuclei"] == causes
 
 
 def test_per_class_iou_on_a_known_confusion_matrix():

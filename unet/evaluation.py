@@ -104,28 +104,34 @@ def nuclei_scores(truth: np.ndarray, prediction: np.ndarray) -> dict[str, float]
 
 
 def evaluate_nuclei(ids, truths, predictions, images=None) -> tuple[dict, list[dict]]:
-    """(summary over images, one row per image). Scores are means over images; the summary
-    also counts the true nuclei left unmatched at IoU 0.5 by cause (:func:`unmatched_causes`).
+    """(summary over images, one row per image). Scores are means over images; each row and the
+    summary also count the true nuclei left unmatched at IoU 0.5 by cause (:func:`unmatched_causes`).
 
     With the ``images``, each row also names its modality and size group, and the summary
-    holds the mAP of each group (``map_by_group``, ``map_by_size``), as DSB2018 results are reported.
+    holds the mAP and the unmatched counts of each group (``map_by_group``, ``map_by_size``), as
+    DSB2018 results are reported.
     """
-    rows = [{"image": i, **nuclei_scores(t, p)} for i, t, p in zip(ids, truths, predictions)]
+    rows = [{"image": i, **nuclei_scores(t, p), **{f"unmatched_{cause}": n for cause, n in unmatched_causes(t, p).items()}}
+            for i, t, p in zip(ids, truths, predictions)]
     keys = ("map", "ap50", "f1_50", "foreground_iou", "foreground_dice")
     summary = {k: float(np.mean([row[k] for row in rows])) for k in keys}
     summary.update(images=len(rows), true_nuclei=int(sum(r["true_nuclei"] for r in rows)),
-                   predicted_nuclei=int(sum(r["predicted_nuclei"] for r in rows)))
-    causes = [unmatched_causes(t, p) for t, p in zip(truths, predictions)]
-    summary["unmatched_true_nuclei"] = {cause: int(sum(c[cause] for c in causes)) for cause in UNMATCHED_CAUSES}
+                   predicted_nuclei=int(sum(r["predicted_nuclei"] for r in rows)),
+                   unmatched_true_nuclei=_unmatched_total(rows))
     if images is not None:
         for key, column, group_of in (("map_by_group", "modality", modality), ("map_by_size", "size", size_group)):
             for row, image in zip(rows, images):
                 row[column] = group_of(image)
             groups = sorted({row[column] for row in rows})
             summary[key] = {group: {"images": sum(row[column] == group for row in rows),
-                                    "map": float(np.mean([row["map"] for row in rows if row[column] == group]))}
+                                    "map": float(np.mean([row["map"] for row in rows if row[column] == group])),
+                                    "unmatched_true_nuclei": _unmatched_total([r for r in rows if r[column] == group])}
                             for group in groups}
     return summary, rows
+
+
+def _unmatched_total(rows: list[dict]) -> dict[str, int]:
+    return {cause: int(sum(row[f"unmatched_{cause}"] for row in rows)) for cause in UNMATCHED_CAUSES}
 
 
 def confusion_matrix(truth: np.ndarray, prediction: np.ndarray, num_classes: int, ignore_label: int = 255) -> np.ndarray:
@@ -175,7 +181,9 @@ def format_table(summary: dict) -> str:
     lines = []
     for key, value in summary.items():
         if isinstance(value, dict) and all(isinstance(v, dict) for v in value.values()):  # mAP by group
-            lines += [f"  {key:<14} {name + ' (' + str(v['images']) + ')':<26} {v['map']:.4f}" for name, v in value.items()]
+            lines += [f"  {key:<14} {name + ' (' + str(v['images']) + ')':<26} {v['map']:.4f}"
+                      + ("  unmatched: " + ", ".join(f"{cause} {n}" for cause, n in v["unmatched_true_nuclei"].items())
+                         if "unmatched_true_nuclei" in v else "") for name, v in value.items()]
         elif isinstance(value, dict):
             lines += [f"  {key:<10} {name:<24} {'-' if v is None else v if isinstance(v, int) else f'{v:.4f}'}"
                       for name, v in value.items()]
