@@ -67,8 +67,11 @@ def test_prediction_estimates_the_scale_from_the_models_own_nuclei_and_answers_a
 
 
 def test_the_setting_is_for_nuclei_crops_and_refused_where_images_are_not_rescaled():
-    with pytest.raises(ConfigError, match="nucleus_diameter"):
-        Config(kind="tissue", nucleus_diameter=20.0)
+    from unet.tasks import task_for
+
+    tissue = Dataset("tissue", ["a"], [_image(_disks(5))], [(_disks(5) > 0).astype(np.uint8)])
+    with pytest.raises(ConfigError, match="nucleus_diameter"):  # checked before a run folder is made
+        task_for("tissue").head(Config(kind="tissue", nucleus_diameter=20.0), tissue)
     with pytest.raises(ConfigError, match="nucleus_diameter"):
         Config(input_mode="resize", nucleus_diameter=20.0)
     from unet.blockwise import BlockPredictor

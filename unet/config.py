@@ -143,9 +143,8 @@ class Config:
                                         f"(the U-Net halves the size {self.depth} times)")
         if self.stain_augment and self.input_mode == "resize":
             raise ConfigError("stain_augment", "jitters native-resolution crops: it needs input_mode 'crop'")
-        if self.nucleus_diameter and (self.kind != "dsb2018" or self.input_mode != "crop"):
-            raise ConfigError("nucleus_diameter", "rescales nuclei images (kind 'dsb2018') cropped at their own size "
-                                                  "(input_mode 'crop')")
+        if self.nucleus_diameter and self.input_mode != "crop":
+            raise ConfigError("nucleus_diameter", "rescales images cropped at their own size: it needs input_mode 'crop'")
         if self.class_weights is not None and (
                 not isinstance(self.class_weights, list) or not all(isinstance(w, (int, float)) and w >= 0
                                                                     for w in self.class_weights)):

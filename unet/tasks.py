@@ -154,6 +154,9 @@ class TissueTask(Task):
     metric, score_key = "mean IoU", "mean_iou"
 
     def _head(self, config, dataset):
+        if config.nucleus_diameter:
+            raise ConfigError("nucleus_diameter", "rescales images by their nuclei; tissue classes are learnt at "
+                                                  "native scale (set it to 0)")
         classes = list(dataset.class_names)
         if config.num_classes and config.num_classes != len(classes):
             raise ConfigError("num_classes", f"{config.num_classes}, but the data has {len(classes)} classes")
