@@ -7,7 +7,7 @@ at scale 1), and those validation images decide. The test folder is scored with 
 thresholds, to report only. The scales are of the image as it is, also for a run trained with
 ``nucleus_diameter``; for such a run the script first reports how close the scale its prediction
 estimates per image (``inference.nucleus_scale``) comes to the one its true nuclei give, on the
-validation images (``--scales ''`` reports only that).
+validation images, and their mAP at either scale (``--scales ''`` reports only that).
 
     python benchmarks/inference_scale.py --model logs/<run> --train ../shared/data/dsb2018/stage1_train \
         --test ../shared/data/dsb2018/stage1_test --scales 1,0.75,1.5,2 --json scale.json
@@ -45,14 +45,21 @@ def score(dataset, probabilities, thresholds: dict) -> dict:
 
 
 def estimated_scales(model, config, dataset) -> dict:
-    """How far the scale estimated per image is from the one its true nuclei give (log2 ratios)."""
-    errors = np.array([np.log2(nucleus_scale(model, config, np.asarray(image))
-                               / scale_factor(median_diameter(truth), config.nucleus_diameter))
-                       for image, truth in zip(dataset.images, dataset.instances)])
-    return {"images": len(errors), "median_abs_log2_error": round(float(np.median(np.abs(errors))), 4),
-            "within_10_percent": round(float(np.mean(np.abs(errors) <= np.log2(1.1))), 4),
-            "within_25_percent": round(float(np.mean(np.abs(errors) <= np.log2(1.25))), 4),
-            "too_small": int(np.sum(errors < -np.log2(1.25))), "too_large": int(np.sum(errors > np.log2(1.25)))}
+    """How far the scale estimated per image is from the one its true nuclei give (log2 ratios),
+    and the mAP of ``dataset`` predicted at either, with the thresholds tuned again for each."""
+    truths = [np.asarray(truth) for truth in dataset.instances]
+    estimated = [nucleus_scale(model, config, np.asarray(image)) for image in dataset.images]
+    true = [scale_factor(median_diameter(truth), config.nucleus_diameter) for truth in truths]
+    errors = np.log2(np.array(estimated) / np.array(true))
+    report = {"images": len(errors), "median_abs_log2_error": round(float(np.median(np.abs(errors))), 4),
+              "within_10_percent": round(float(np.mean(np.abs(errors) <= np.log2(1.1))), 4),
+              "within_25_percent": round(float(np.mean(np.abs(errors) <= np.log2(1.25))), 4),
+              "too_small": int(np.sum(errors < -np.log2(1.25))), "too_large": int(np.sum(errors > np.log2(1.25)))}
+    for name, factors in (("estimated", estimated), ("true", true)):
+        probabilities = [probabilities_at_scale(model, config, np.asarray(image), factor)
+                         for image, factor in zip(dataset.images, factors)]
+        report[f"map_at_{name}_scales"] = round(tune_nuclei_thresholds(probabilities, truths, config)["validation_map"], 4)
+    return report
 
 
 def main() -> None:

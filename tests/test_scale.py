@@ -93,3 +93,5 @@ def test_the_benchmark_reports_how_close_the_estimated_scale_comes_to_the_true_o
                    instances)
     report = probe.estimated_scales(_bright_is_nucleus_model(), Config(nucleus_diameter=20.0, tta=False), data)
     assert report["images"] == 2 and report["within_10_percent"] == 1.0 and report["median_abs_log2_error"] < 0.1
+    assert report["map_at_estimated_scales"] == pytest.approx(report["map_at_true_scales"], abs=0.05)
+    assert report["map_at_true_scales"] > 0.8  # bright disks on a dark ground: the 'model' finds them all
