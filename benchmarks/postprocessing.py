@@ -13,7 +13,9 @@ Variants: 'base' (the project's watershed), 'fill' (holes inside a nucleus join 
 'seed_difference' (seeds where interior - boundary passes the seed threshold),
 'surface_boundary' / 'surface_difference' (the watershed floods the boundary probability, or
 boundary - interior, instead of -interior), 'smooth' (probabilities blurred, Gaussian sigma 1
-pixel, first), 'grow' / 'shrink' (every nucleus one pixel larger / its outer ring removed).
+pixel, first), 'grow' / 'shrink' (every nucleus one pixel larger / its outer ring removed),
+'relative_area' (the minimum area never above a quarter of the image's median nucleus, so that
+images of tiny nuclei keep them).
 """
 
 from __future__ import annotations
@@ -69,6 +71,18 @@ def grown(labels):
     return expand_labels(labels, 1)
 
 
+RELATIVE_AREA = 0.25
+
+
+def relative_area(p, seed, foreground, area):
+    """The project's nuclei, with a minimum area of at most RELATIVE_AREA times their median area."""
+    from unet.nuclei import relabel_instances
+
+    labels = project(p, seed, foreground, 1)
+    sizes = np.bincount(labels.ravel())[1:]
+    return relabel_instances(labels, int(min(area, max(1.0, RELATIVE_AREA * np.median(sizes))))) if sizes.size else labels
+
+
 VARIANTS = {
     "base": project,
     "fill": lambda *key: filled(project(*key)),
@@ -78,6 +92,7 @@ VARIANTS = {
     "smooth": lambda *key: watershed_variant(*key, smooth=1.0),
     "grow": lambda *key: grown(project(*key)),
     "shrink": lambda *key: shrunk(project(*key)),
+    "relative_area": relative_area,
 }
 _IMAGES: dict = {}
 

@@ -68,9 +68,29 @@ def test_accuracy_benchmark_scores_both_recipes(tmp_path):
 
     # the post-processing probe: its 'base' variant at the untuned thresholds is the run's own score of
     # its validation images before tuning (float16 probabilities aside)
-    out = _run(BENCHMARKS / "postprocessing.py", results["project"]["run"], "--variants", "base,smooth",
+    out = _run(BENCHMARKS / "postprocessing.py", results["project"]["run"], "--variants", "base,smooth,relative_area",
                "--grid", "0.5", "--areas", "12", "--workers", "1")
     scores = {line.split()[0]: float(line.split("mAP ")[1].split()[0]) for line in out.splitlines() if " mAP " in line}
     tuned = json.loads((Path(results["project"]["run"]) / "thresholds.json").read_text())
-    assert set(scores) == {"base", "smooth"} and abs(scores["base"] - tuned["untuned_map"]) < 0.02
+    assert set(scores) == {"base", "smooth", "relative_area"} and abs(scores["base"] - tuned["untuned_map"]) < 0.02
     assert (Path(results["project"]["run"]) / "postprocessing_validation.npz").is_file()
+
+
+def test_the_relative_area_variant_keeps_tiny_nuclei_where_all_nuclei_are_tiny():
+    import importlib.util
+
+    import numpy as np
+
+    spec = importlib.util.spec_from_file_location("postprocessing", BENCHMARKS / "postprocessing.py")
+    probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probe)
+    probabilities = np.zeros((40, 40, 3), np.float32)
+    probabilities[..., 0] = 1.0
+    for y in (5, 20, 35):  # three 3x3 nuclei (9 px), far apart
+        probabilities[y - 1:y + 2, 5:8] = (0.0, 1.0, 0.0)
+    assert probe.project(probabilities, 0.5, 0.5, 24).max() == 0  # removed by a 24 px minimum
+    assert probe.relative_area(probabilities, 0.5, 0.5, 24).max() == 3  # kept: the limit is 9 / 4 px here
+    for x in (12, 26):  # beside four 12x12 nuclei (median 144 px: limit min(24, 36) px) the tiny ones go
+        probabilities[1:13, x:x + 12] = probabilities[27:39, x:x + 12] = (0.0, 1.0, 0.0)
+    labels = probe.relative_area(probabilities, 0.5, 0.5, 24)
+    assert labels.max() == 4 and np.bincount(labels.ravel())[1:].min() == 144
