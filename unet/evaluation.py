@@ -63,7 +63,10 @@ def unmatched_causes(truth: np.ndarray, prediction: np.ndarray) -> dict[str, int
     'split' (predicted as foreground, but no prediction holds half of it), 'missed' (less than
     half of it predicted as foreground) or 'outline' (one prediction holds most of it, with a
     wrong outline). Which error a method makes decides what would fix it."""
-    joint = overlap_counts(truth, prediction)
+    return _causes_of_overlaps(overlap_counts(truth, prediction))
+
+
+def _causes_of_overlaps(joint: np.ndarray) -> dict[str, int]:
     counts = dict.fromkeys(UNMATCHED_CAUSES, 0)
     if joint.shape[0] == 1:
         return counts
@@ -88,14 +91,17 @@ def nuclei_scores(truth: np.ndarray, prediction: np.ndarray) -> dict[str, float]
 
     Both empty scores 1; one empty and the other not scores 0.
     """
-    iou = iou_matrix(truth, prediction)
+    return _scores_of_overlaps(overlap_counts(truth, prediction))
+
+
+def _scores_of_overlaps(joint: np.ndarray) -> dict[str, float]:
+    iou = iou_of_overlaps(joint)
     precisions = []
     for threshold in THRESHOLDS:
         tp, fp, fn = match_counts(iou, threshold)
         precisions.append(tp / (tp + fp + fn) if tp + fp + fn else 1.0)
     tp, fp, fn = match_counts(iou, 0.5)
-    fg_true, fg_pred = np.asarray(truth) > 0, np.asarray(prediction) > 0
-    inter, total = (fg_true & fg_pred).sum(), fg_true.sum() + fg_pred.sum()
+    inter, total = joint[1:, 1:].sum(), joint[1:].sum() + joint[:, 1:].sum()  # foreground pixels
     return {"map": float(np.mean(precisions)), "ap50": precisions[0],
             "f1_50": 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 1.0,
             "foreground_iou": float(inter / (total - inter)) if total else 1.0,
@@ -111,8 +117,7 @@ def evaluate_nuclei(ids, truths, predictions, images=None) -> tuple[dict, list[d
     holds the mAP and the unmatched counts of each group (``map_by_group``, ``map_by_size``), as
     DSB2018 results are reported.
     """
-    rows = [{"image": i, **nuclei_scores(t, p), **{f"unmatched_{cause}": n for cause, n in unmatched_causes(t, p).items()}}
-            for i, t, p in zip(ids, truths, predictions)]
+    rows = [_image_row(i, overlap_counts(t, p)) for i, t, p in zip(ids, truths, predictions)]
     keys = ("map", "ap50", "f1_50", "foreground_iou", "foreground_dice")
     summary = {k: float(np.mean([row[k] for row in rows])) for k in keys}
     summary.update(images=len(rows), true_nuclei=int(sum(r["true_nuclei"] for r in rows)),
@@ -128,6 +133,12 @@ def evaluate_nuclei(ids, truths, predictions, images=None) -> tuple[dict, list[d
                                     "unmatched_true_nuclei": _unmatched_total([r for r in rows if r[column] == group])}
                             for group in groups}
     return summary, rows
+
+
+def _image_row(image_id: str, joint: np.ndarray) -> dict:
+    """One image's scores and unmatched causes, from one overlap histogram."""
+    causes = _causes_of_overlaps(joint)
+    return {"image": image_id, **_scores_of_overlaps(joint), **{f"unmatched_{c}": n for c, n in causes.items()}}
 
 
 def _unmatched_total(rows: list[dict]) -> dict[str, int]:

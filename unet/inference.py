@@ -38,7 +38,9 @@ def nucleus_scale(model, config, image: np.ndarray) -> float:
     quick, factor = config.replace(tta=False), 1.0
     for _ in range(ESTIMATE_PASSES):
         labels = nuclei_from_probabilities(probabilities_at_scale(model, quick, image, factor))
-        factor = scale_factor(median_diameter(labels), config.nucleus_diameter)
+        factor, previous = scale_factor(median_diameter(labels), config.nucleus_diameter), factor
+        if factor == previous:  # the same scale again would repeat the same pass
+            break
     return factor
 
 
