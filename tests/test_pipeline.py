@@ -3,7 +3,7 @@
 import numpy as np
 
 from unet.config import Config
-from unet.pipeline import CropSampler, make_train_dataset
+from unet.pipeline import CropSampler, augment_batch, degrade_augment, DEGRADATIONS, make_train_dataset, photometric_augment
 from unet.preprocess import Preprocessor
 
 
@@ -132,3 +132,38 @@ def test_stain_augmentation_changes_colour_crops_only_and_keeps_their_windows():
             assert "stain_augment" in str(error)
         else:
             raise AssertionError(f"{bad} accepted")
+
+
+def test_degradations_hit_about_their_odds_and_only_noise_leaves_a_samples_range():
+    import tensorflow as tf
+
+    images = tf.random.stateless_uniform([400, 16, 16, 1], [1, 2], 0.2, 0.9)
+    seed = tf.constant([3, 4], tf.int64)
+    degraded = degrade_augment(images, seed).numpy()
+    changed = np.abs(degraded - images.numpy()).max(axis=(1, 2, 3)) > 1e-6
+    untouched = np.prod([1 - p for p in DEGRADATIONS.values()])  # 0.425
+    assert abs((1 - changed.mean()) - untouched) < 0.08
+    assert np.array_equal(degraded, degrade_augment(images, seed).numpy())  # seeded
+
+    without_noise = degrade_augment(images, seed, {**DEGRADATIONS, "noise": 0.0}).numpy()
+    low, high = images.numpy().min(axis=(1, 2, 3)), images.numpy().max(axis=(1, 2, 3))
+    assert np.all(without_noise.min(axis=(1, 2, 3)) >= low - 1e-5)
+    assert np.all(without_noise.max(axis=(1, 2, 3)) <= high + 1e-5)
+    gamma_only = {name: float(name == "gamma") for name in DEGRADATIONS}
+    brighter_or_darker = degrade_augment(images, seed, gamma_only).numpy()
+    ranks = images.numpy().reshape(400, -1).argsort(axis=1)  # a monotone map of each sample
+    assert np.all(np.diff(np.take_along_axis(brighter_or_darker.reshape(400, -1), ranks, 1), axis=1) >= -1e-6)
+    assert not np.allclose(brighter_or_darker, images.numpy(), atol=1e-3)
+    noise_only = {name: float(name == "noise") for name in DEGRADATIONS}
+    residual = degrade_augment(images, seed, noise_only).numpy() - images.numpy()
+    assert abs(residual.mean()) < 0.005 and 0.02 < residual.std() < 0.1
+
+
+def test_degradations_are_an_option_on_top_of_the_photometric_augmentation():
+    import tensorflow as tf
+
+    images, seed = tf.random.stateless_uniform([8, 16, 16, 3], [5, 6]), tf.constant([7, 8], tf.int64)
+    plain = photometric_augment(images, seed).numpy()
+    assert np.array_equal(augment_batch(images, seed, False).numpy(), plain)  # off: runs as before the option
+    assert not np.array_equal(augment_batch(images, seed, True).numpy(), plain)
+    assert Config.from_dict(Config(degrade_augment=True).to_dict()).degrade_augment is True

@@ -87,6 +87,8 @@ class Config:
     zoom_augment: float = 0.25  # crops rescaled by a random factor in [1/(1+z), 1+z]; 0: none
     stain_augment: float = 0.0  # colour images: each stain's amount (hematoxylin, eosin, DAB) scaled by a random
     # factor in [1 - s, 1 + s] before the colour mode (see pipeline.stain_jitter); 0: none
+    degrade_augment: bool = False  # also nnU-Net's intensity degradations: gamma, noise, low resolution
+    # (see pipeline.degrade_augment)
     crop_sampling: str = "area"  # an image is cropped with probability proportional to its 'area' (every pixel
     # equally likely), to 'sqrt_area', or the same for every 'image' (as the metric weighs them)
     max_minutes: float = 0.0  # training time budget: stop cleanly when spent (best model kept); 0: none

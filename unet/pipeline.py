@@ -170,8 +170,43 @@ def photometric_augment(images, seed):
     return ((images - mean) * contrast + mean + brightness) * gains
 
 
+DEGRADATIONS = {"gamma": 0.3, "inverted_gamma": 0.1, "noise": 0.1, "low_resolution": 0.25}  # nnU-Net's odds
+
+
+def degrade_augment(images, seed, odds: dict = DEGRADATIONS):
+    """nnU-Net's intensity degradations, each sample on its own dice roll (``odds``): gamma (0.7-1.5,
+    within the sample's own min-max range), inverted gamma (the same on the mirrored intensities),
+    Gaussian noise (sigma up to 0.1 of the 0..1 range) and simulated low resolution (down to
+    0.5-1x the size, nearest, and back, bilinear; one factor per batch).
+    """
+    import tensorflow as tf
+
+    n, size = tf.shape(images)[0], tf.shape(images)[1:3]
+    seeds = tf.random.experimental.stateless_split(seed, 10)
+
+    def chosen(name, key):
+        return tf.random.stateless_uniform([n, 1, 1, 1], seeds[key]) < odds[name]
+
+    low = tf.reduce_min(images, axis=[1, 2, 3], keepdims=True)
+    span = tf.maximum(tf.reduce_max(images, axis=[1, 2, 3], keepdims=True) - low, 1e-6)
+    unit = (images - low) / span
+    below_one = tf.random.stateless_uniform([n, 1, 1, 1], seeds[0], 0.7, 1.0)
+    above_one = tf.random.stateless_uniform([n, 1, 1, 1], seeds[1], 1.0, 1.5)
+    gamma = tf.where(tf.random.stateless_uniform([n, 1, 1, 1], seeds[2]) < 0.5, below_one, above_one)
+    unit = tf.where(chosen("gamma", 3), unit**gamma, unit)
+    unit = tf.where(chosen("inverted_gamma", 4), 1 - (1 - unit)**gamma, unit)
+    images = unit * span + low
+    sigma = tf.random.stateless_uniform([n, 1, 1, 1], seeds[5], 0.0, 0.1)
+    noise = tf.random.stateless_normal(tf.shape(images), seeds[6]) * sigma
+    images = tf.where(chosen("noise", 7), images + noise, images)
+    factor = tf.random.stateless_uniform([], seeds[8], 0.5, 1.0)
+    small = tf.cast(tf.round(tf.cast(size, tf.float32) * factor), tf.int32)
+    blurred = tf.image.resize(tf.image.resize(images, small, "nearest"), size, "bilinear")
+    return tf.where(chosen("low_resolution", 9), blurred, images)
+
+
 def make_train_dataset(images, targets, ranges, config, global_batch: int, originals=None):
-    """Repeated tf.data pipeline: crops -> batch -> photometric augmentation -> prefetch.
+    """Repeated tf.data pipeline: crops -> batch -> photometric augmentation (and degradations) -> prefetch.
     ``originals``: the images before preprocessing, which stain augmentation needs."""
     import tensorflow as tf
 
@@ -184,10 +219,18 @@ def make_train_dataset(images, targets, ranges, config, global_batch: int, origi
     dataset = dataset.batch(global_batch, drop_remainder=True)
     if config.augment:
         dataset = dataset.enumerate().map(
-            lambda step, batch: (photometric_augment(batch[0], tf.stack([tf.constant(config.seed, tf.int64), step])),
-                                 batch[1]),
+            lambda step, batch: (augment_batch(batch[0], tf.stack([tf.constant(config.seed, tf.int64), step]),
+                                               config.degrade_augment), batch[1]),
             num_parallel_calls=2)
     return without_autotune(dataset.prefetch(2))
+
+
+def augment_batch(images, seed, degrade: bool):
+    """The photometric augmentation of a training batch, then (``degrade``) nnU-Net's degradations."""
+    import tensorflow as tf
+
+    images = photometric_augment(images, seed)  # which draws from the first three keys of the seed's split
+    return degrade_augment(images, tf.random.experimental.stateless_split(seed, 4)[3]) if degrade else images
 
 
 def make_validation_dataset(tiles, global_batch: int):
