@@ -94,3 +94,15 @@ def test_the_relative_area_variant_keeps_tiny_nuclei_where_all_nuclei_are_tiny()
         probabilities[1:13, x:x + 12] = probabilities[27:39, x:x + 12] = (0.0, 1.0, 0.0)
     labels = probe.relative_area(probabilities, 0.5, 0.5, 24)
     assert labels.max() == 4 and np.bincount(labels.ravel())[1:].min() == 144
+
+
+def test_step_profile_puts_the_training_steps_ops_in_groups(tmp_path):
+    report = tmp_path / "profile.json"
+    out = _run(BENCHMARKS / "step_profile.py", "--filters", 2, "--size", 32, "--batch", 2, "--depth", 2,
+               "--steps", 2, "--json", report)
+    result = json.loads(report.read_text())
+    groups = result["groups_ms_per_step"]
+    for group in ("convolution: forward", "convolution: weight gradient", "convolution: input gradient",
+                  "batch norm: forward", "batch norm: gradient"):
+        assert groups[group] > 0, group
+    assert result["wall_ms_per_step"] > 0 and "ms per step (wall clock)" in out
