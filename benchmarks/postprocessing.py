@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/postprocessing.py logs/benchmarks/RUN
     .venv/bin/python benchmarks/postprocessing.py logs/benchmarks/RUN --variants base,smooth --grid 0.5,0.6,0.7
+    .venv/bin/python benchmarks/postprocessing.py logs/benchmarks/RUN --unmatched
 
 The run predicts its validation images (its ``val_list`` or seeded split, its TTA) once; the
 probabilities are kept beside the model (``postprocessing_validation.npz``) for the next call.
@@ -16,6 +17,10 @@ boundary - interior, instead of -interior), 'smooth' (probabilities blurred, Gau
 pixel, first), 'grow' / 'shrink' (every nucleus one pixel larger / its outer ring removed),
 'relative_area' (the minimum area never above a quarter of the image's median nucleus, so that
 images of tiny nuclei keep them).
+
+``--unmatched`` instead reports, at the run's own tuned thresholds, the share of validation
+true nuclei matched (IoU > 0.5) by modality and contrast (the nucleus's mean normalised input
+less the background's median: faint nuclei have a small one) and by area.
 """
 
 from __future__ import annotations
@@ -132,6 +137,61 @@ def validation_probabilities(run_dir: Path) -> Path:
     return path
 
 
+CONTRAST_EDGES = (0.0, 0.1, 0.2, 0.3, 0.5, np.inf)  # |nucleus mean - background median|, normalised input
+AREA_EDGES = (0, 24, 48, 100, 200, 400, np.inf)  # pixels
+
+
+def nucleus_rows(truth: np.ndarray, labels: np.ndarray, model_input: np.ndarray) -> np.ndarray:
+    """Per true nucleus: (area, |contrast|, best IoU with a predicted nucleus). Contrast: the
+    nucleus's mean model input (channels averaged) less the median of the image's background."""
+    from unet.evaluation import iou_of_overlaps, overlap_counts
+
+    gray = model_input.mean(axis=-1) if model_input.ndim == 3 else model_input
+    ids = np.unique(truth)
+    ids = ids[ids > 0]
+    areas = np.bincount(truth.ravel())[ids]
+    means = np.bincount(truth.ravel(), gray.ravel())[ids] / np.maximum(areas, 1)
+    contrast = np.abs(means - np.median(gray[truth == 0])) if (truth == 0).any() else np.abs(means)
+    iou = iou_of_overlaps(overlap_counts(truth, labels))
+    best = iou.max(axis=1) if iou.shape[1] else np.zeros(len(ids))
+    return np.stack([areas, contrast, best], axis=1)
+
+
+def unmatched_report(run_dir: Path, path: Path) -> str:
+    """Share of the validation true nuclei matched (IoU > 0.5) at the run's tuned thresholds, by
+    modality and contrast, and by area."""
+    from unet.data import load_from_config, split_for_training
+    from unet.dataset import modality
+    from unet.preprocess import Preprocessor
+    from unet.run import Run
+
+    run = Run.load(run_dir)
+    val_set = split_for_training(load_from_config(run.config, progress=False), run.config)[1]
+    preprocessor, config = Preprocessor.for_config(run.config), run.config
+    rows, groups = [], []
+    with np.load(path) as saved:
+        for image_id, image in zip(val_set.ids, val_set.images):
+            labels = project(saved[f"p_{image_id}"].astype(np.float32), config.seed_threshold,
+                             config.foreground_threshold, config.min_nucleus_area)
+            rows.append(nucleus_rows(saved[f"t_{image_id}"], labels, preprocessor(np.asarray(image))))
+            groups += [modality(image)] * len(rows[-1])
+    rows, groups = np.concatenate(rows), np.array(groups)
+    lines = [f"validation true nuclei matched at IoU > 0.5 (thresholds {config.seed_threshold} / "
+             f"{config.foreground_threshold} / {config.min_nucleus_area} px)", "group | |contrast| | nuclei | matched"]
+
+    def line(label, selected, edges, column):
+        for low, high in zip(edges[:-1], edges[1:]):
+            inside = selected & (rows[:, column] >= low) & (rows[:, column] < high)
+            if inside.any():
+                lines.append(f"{label} | {low:g}-{high:g} | {inside.sum()} | {(rows[inside, 2] > 0.5).mean():.3f}")
+
+    for group in sorted(set(groups)):
+        line(group, groups == group, CONTRAST_EDGES, 1)
+    lines.append("all | area (px) | nuclei | matched")
+    line("all", np.ones(len(rows), bool), AREA_EDGES, 0)
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run", type=Path, help="a nuclei run folder (its best.keras and config.json)")
@@ -139,7 +199,12 @@ def main() -> None:
     parser.add_argument("--grid", default="0.5,0.6,0.7,0.8", help="seed and foreground thresholds")
     parser.add_argument("--areas", default="12,24,48", help="minimum nucleus areas")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--unmatched", action="store_true",
+                        help="instead: which true nuclei the run's own thresholds miss, by contrast and area")
     args = parser.parse_args()
+    if args.unmatched:
+        print(unmatched_report(args.run, validation_probabilities(args.run)))
+        return
     unknown = set(args.variants.split(",")) - set(VARIANTS)
     if unknown:
         raise SystemExit(f"--variants: unknown {sorted(unknown)}; known: {', '.join(VARIANTS)}")

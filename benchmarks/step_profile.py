@@ -81,7 +81,8 @@ def op_times(xspace_path: Path) -> dict[tuple[str, str], float]:
     return dict(times)
 
 
-def profile_steps(filters: int, batch: int, size: int, channels: int, steps: int, depth: int = 4) -> dict:
+def profile_steps(filters: int, batch: int, size: int, channels: int, steps: int, depth: int = 4,
+                  precision: str = "auto") -> dict:
     """Profile ``steps`` training steps of the project's model on a fixed batch."""
     import keras
     import numpy as np
@@ -91,7 +92,7 @@ def profile_steps(filters: int, batch: int, size: int, channels: int, steps: int
     from unet.losses import SegmentationLoss, make_metrics
     from unet.model import build_unet
 
-    precision = resolve_precision("auto")
+    precision = resolve_precision(precision)
     rng = np.random.default_rng(0)
     images = rng.random((batch, size, size, channels), dtype=np.float32)
     targets = rng.integers(0, 3, (batch, size, size, 1), dtype=np.uint8)
@@ -125,9 +126,11 @@ def main() -> None:
     parser.add_argument("--channels", type=int, default=1, help="1: gray, the DSB2018 default input")
     parser.add_argument("--depth", type=int, default=4)
     parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--precision", default="auto", choices=("auto", "float32", "mixed_bfloat16"))
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
-    result = profile_steps(args.filters, args.batch, args.size, args.channels, args.steps, args.depth)
+    result = profile_steps(args.filters, args.batch, args.size, args.channels, args.steps, args.depth,
+                           args.precision)
     total = sum(result["groups_ms_per_step"].values())
     print(f"base {args.filters}, batch {args.batch}, {args.size}x{args.size}x{args.channels}, {result['precision']}: "
           f"{result['wall_ms_per_step']:.0f} ms per step (wall clock), {total:.0f} ms of op time")

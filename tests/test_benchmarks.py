@@ -96,6 +96,24 @@ def test_the_relative_area_variant_keeps_tiny_nuclei_where_all_nuclei_are_tiny()
     assert labels.max() == 4 and np.bincount(labels.ravel())[1:].min() == 144
 
 
+def test_unmatched_report_rows_give_each_true_nucleus_its_area_contrast_and_best_iou():
+    import importlib.util
+
+    import numpy as np
+
+    spec = importlib.util.spec_from_file_location("postprocessing", BENCHMARKS / "postprocessing.py")
+    probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probe)
+    truth = np.zeros((20, 20), np.int32)
+    truth[2:6, 2:6], truth[10:16, 10:15] = 3, 7  # 16 px and 30 px
+    image = np.full((20, 20, 1), 0.1, np.float32)
+    image[truth == 3], image[truth == 7] = 0.9, 0.15  # a bright and a faint nucleus
+    labels = np.zeros_like(truth)
+    labels[2:6, 2:8] = 1  # the bright one found, a little too wide (IoU 16 / 24); the faint one missed
+    rows = probe.nucleus_rows(truth, labels, image)
+    assert np.allclose(rows, [[16, 0.8, 16 / 24], [30, 0.05, 0.0]])
+
+
 def test_step_profile_puts_the_training_steps_ops_in_groups(tmp_path):
     report = tmp_path / "profile.json"
     out = _run(BENCHMARKS / "step_profile.py", "--filters", 2, "--size", 32, "--batch", 2, "--depth", 2,
