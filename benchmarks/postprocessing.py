@@ -144,7 +144,7 @@ AREA_EDGES = (0, 24, 48, 100, 200, 400, np.inf)  # pixels
 def nucleus_rows(truth: np.ndarray, labels: np.ndarray, model_input: np.ndarray) -> np.ndarray:
     """Per true nucleus: (area, |contrast|, best IoU with a predicted nucleus). Contrast: the
     nucleus's mean model input (channels averaged) less the median of the image's background."""
-    from unet.evaluation import iou_of_overlaps, overlap_counts
+    from unet.evaluation import iou_matrix
 
     gray = model_input.mean(axis=-1) if model_input.ndim == 3 else model_input
     ids = np.unique(truth)
@@ -152,7 +152,7 @@ def nucleus_rows(truth: np.ndarray, labels: np.ndarray, model_input: np.ndarray)
     areas = np.bincount(truth.ravel())[ids]
     means = np.bincount(truth.ravel(), gray.ravel())[ids] / np.maximum(areas, 1)
     contrast = np.abs(means - np.median(gray[truth == 0])) if (truth == 0).any() else np.abs(means)
-    iou = iou_of_overlaps(overlap_counts(truth, labels))
+    iou = iou_matrix(truth, labels)
     best = iou.max(axis=1) if iou.shape[1] else np.zeros(len(ids))
     return np.stack([areas, contrast, best], axis=1)
 
@@ -202,13 +202,18 @@ def main() -> None:
     parser.add_argument("--unmatched", action="store_true",
                         help="instead: which true nuclei the run's own thresholds miss, by contrast and area")
     args = parser.parse_args()
-    if args.unmatched:
-        print(unmatched_report(args.run, validation_probabilities(args.run)))
-        return
     unknown = set(args.variants.split(",")) - set(VARIANTS)
     if unknown:
         raise SystemExit(f"--variants: unknown {sorted(unknown)}; known: {', '.join(VARIANTS)}")
-    path = validation_probabilities(args.run)
+    from unet.io import DataError
+
+    try:
+        path = validation_probabilities(args.run)
+    except DataError as error:  # no such run, or not a model: one line, not a traceback
+        parser.error(str(error))
+    if args.unmatched:
+        print(unmatched_report(args.run, path))
+        return
     with np.load(path) as saved:
         ids = [key[2:] for key in saved.files if key.startswith("t_")]
     grid, areas = [float(v) for v in args.grid.split(",")], [int(v) for v in args.areas.split(",")]

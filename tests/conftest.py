@@ -19,6 +19,16 @@ from unet.rle import rle_encode
 REPOSITORY = Path(__file__).resolve().parents[1]
 
 
+def benchmark_module(name: str):
+    """A script of benchmarks/ imported as a module (its functions, without running main)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, REPOSITORY / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def _repository_outputs() -> set[str]:
     """What lies in the repository's default cache and log folders (the user's, not the tests')."""
     return {str(path.relative_to(REPOSITORY)) for folder in ("npy", "logs") if (REPOSITORY / folder).is_dir()

@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from conftest import benchmark_module
 from unet.config import Config
 from unet.synthetic import write_sample
 
@@ -77,13 +78,9 @@ def test_accuracy_benchmark_scores_both_recipes(tmp_path):
 
 
 def test_the_relative_area_variant_keeps_tiny_nuclei_where_all_nuclei_are_tiny():
-    import importlib.util
-
     import numpy as np
 
-    spec = importlib.util.spec_from_file_location("postprocessing", BENCHMARKS / "postprocessing.py")
-    probe = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(probe)
+    probe = benchmark_module("postprocessing")
     probabilities = np.zeros((40, 40, 3), np.float32)
     probabilities[..., 0] = 1.0
     for y in (5, 20, 35):  # three 3x3 nuclei (9 px), far apart
@@ -97,13 +94,9 @@ def test_the_relative_area_variant_keeps_tiny_nuclei_where_all_nuclei_are_tiny()
 
 
 def test_unmatched_report_rows_give_each_true_nucleus_its_area_contrast_and_best_iou():
-    import importlib.util
-
     import numpy as np
 
-    spec = importlib.util.spec_from_file_location("postprocessing", BENCHMARKS / "postprocessing.py")
-    probe = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(probe)
+    probe = benchmark_module("postprocessing")
     truth = np.zeros((20, 20), np.int32)
     truth[2:6, 2:6], truth[10:16, 10:15] = 3, 7  # 16 px and 30 px
     image = np.full((20, 20, 1), 0.1, np.float32)

@@ -81,13 +81,9 @@ def test_the_setting_is_for_nuclei_crops_and_refused_where_images_are_not_rescal
 
 
 def test_the_benchmark_reports_how_close_the_estimated_scale_comes_to_the_true_one():
-    import importlib.util
+    from conftest import benchmark_module
 
-    from conftest import REPOSITORY
-
-    spec = importlib.util.spec_from_file_location("inference_scale", REPOSITORY / "benchmarks" / "inference_scale.py")
-    probe = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(probe)
+    probe = benchmark_module("inference_scale")
     instances = [_disks(5), _disks(8, (128, 128))]
     data = Dataset("dsb2018", ["a", "b"], [_image(t) for t in instances], [(t > 0).astype(np.uint8) for t in instances],
                    instances)
