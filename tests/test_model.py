@@ -4,7 +4,7 @@ import pytest
 from keras import layers
 
 from unet.losses import ConfusionMetric, SegmentationLoss, SMOOTH
-from unet.model import FusedBatchNormalization, build_unet, conv_block, decoder_block, encoder_block, forward_flops
+from unet.model import FusedBatchNormalization, SqrtStretch, build_unet, conv_block, decoder_block, encoder_block, forward_flops
 from unet.nuclei import boundary_target, centre_target
 
 
@@ -104,6 +104,22 @@ def test_saved_model_loads_in_safe_mode(tmp_path):
     loaded = keras.saving.load_model(tmp_path / "m.keras", safe_mode=True)
     x = np.random.default_rng(0).random((1, 8, 8, 3)).astype(np.float32)
     assert np.allclose(model.predict(x, verbose=0), loaded.predict(x, verbose=0), atol=1e-6)
+
+
+def test_sqrt_channels_feed_each_channel_and_its_square_root(tmp_path):
+    x = np.array([-0.5, 0.0, 0.04, 0.25, 1.0, 2.25], np.float32).reshape(1, 1, 3, 2)
+    stretched = np.asarray(SqrtStretch()(x))
+    assert stretched.shape == (1, 1, 3, 4)
+    assert np.array_equal(stretched[..., :2], x)  # the channels themselves, then their square roots
+    assert np.allclose(stretched[..., 2:], [[[[0.0, 0.0], [0.2, 0.5], [1.0, 1.5]]]])  # negative -> 0
+    model = build_unet(3, 1, base_filters=2, depth=2, sqrt_channels=True)
+    first_conv = next(layer for layer in model.layers if isinstance(layer, layers.Conv2D))
+    assert first_conv.kernel.shape == (3, 3, 6, 2) and model.input_shape[-1] == 3
+    assert forward_flops(model, 8, 8) > forward_flops(build_unet(3, 1, base_filters=2, depth=2), 8, 8)
+    model.save(tmp_path / "m.keras")
+    loaded = keras.saving.load_model(tmp_path / "m.keras", safe_mode=True)
+    image = np.random.default_rng(0).random((1, 8, 8, 3)).astype(np.float32)
+    assert np.allclose(model.predict(image, verbose=0), loaded.predict(image, verbose=0), atol=1e-6)
 
 
 def test_forward_flops_of_one_convolution():

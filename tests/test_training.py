@@ -133,6 +133,19 @@ def test_weight_averaging_is_what_validation_scores_and_checkpoints_save(sample,
     assert Config.load(run.run_dir / "config.json").ema_momentum == 0.9
 
 
+def test_sqrt_channels_are_built_saved_and_predicted_with(sample, tmp_path):
+    data = decode_dataset(sample / "dsb2018", progress=False)
+    train_set, val_set = data.split(0.34, seed=0)
+    run = train(tiny_config(tmp_path, epochs=1, sqrt_channels=True, tune_thresholds=False), train_set, val_set,
+                verbose=0)
+    loaded = Run.load(run.run_dir)
+    assert loaded.config.sqrt_channels is True and "sqrt_stretch" in [layer.name for layer in loaded.model.layers]
+    assert loaded.model.input_shape[-1] == 1  # the model takes the gray channel; the stretch is inside it
+    image = np.asarray(val_set.images[0])
+    probabilities, labels = loaded.predict(image)
+    assert labels.shape == image.shape[:2] and np.array_equal(probabilities, run.predict(image)[0])
+
+
 class _RecordFirstStep(_RecordAveraging):
     """The own weights and their average before the run's first training step."""
 

@@ -68,6 +68,8 @@ class Config:
     # pixels across (training: by its true nuclei; prediction: by the model's estimate; see scale); 0: native
     contact_width: int = 3  # nuclei target: pixels this close to another nucleus are boundary; 0: ring only
     num_classes: int = 0  # set from the data when 0
+    sqrt_channels: bool = False  # also feed the model the square root of each normalised input channel, which
+    # lifts faint objects next to bright ones (see model.SqrtStretch)
     base_filters: int = 16
     depth: int = 4
     dropout: float = 0.2

@@ -102,6 +102,25 @@ class FastDropout(layers.Dropout):
         return tf.where(bits >= threshold, inputs * scale, tf.zeros_like(inputs))
 
 
+@keras.saving.register_keras_serializable(package="unet")
+class SqrtStretch(layers.Layer):
+    """Appends the square root of each input channel (clipped at 0) to the channels.
+
+    The normalised input maps a faint nucleus to a few hundredths where the image's bright ones
+    reach 1; its square root lifts 0.04 to 0.2 and leaves 1 at 1, so a faint nucleus is no longer
+    a small signal next to the bright ones after the first batch normalisation. A per-pixel
+    function, so tiles and blocks see exactly what the whole image gives."""
+
+    def call(self, inputs):
+        from keras import ops
+
+        return ops.concatenate([inputs, ops.sqrt(ops.maximum(inputs, ops.zeros_like(inputs)))], axis=-1)
+
+    def compute_output_shape(self, input_shape):
+        channels = input_shape[-1]
+        return (*input_shape[:-1], None if channels is None else 2 * channels)
+
+
 def conv_block(input_tensor, num_filters: int, fast_layers: bool = True):
     """(3x3 convolution, batch normalization, ReLU) twice. ``fast_layers=False`` builds with
     Keras's own BatchNormalization (and Dropout, in the encoder and decoder blocks): the same
@@ -132,16 +151,20 @@ def decoder_block(input_tensor, skip, num_filters: int, dropout: float = 0.2, fa
 
 
 def build_unet(input_channels: int = 3, num_classes: int = 1, base_filters: int = 16, depth: int = 4,
-               dropout: float = 0.2, name: str = "unet", fast_layers: bool = True) -> keras.Model:
+               dropout: float = 0.2, name: str = "unet", fast_layers: bool = True,
+               sqrt_channels: bool = False) -> keras.Model:
     """A U-Net for images of any size divisible by ``2**depth``.
 
     ``num_classes=1`` gives a sigmoid head (binary foreground probability); more classes a
-    softmax head. The head computes in float32 under mixed precision.
+    softmax head. The head computes in float32 under mixed precision. ``sqrt_channels`` feeds
+    the first convolution each input channel and its square root (:class:`SqrtStretch`).
     """
     if num_classes < 1 or depth < 1 or base_filters < 1:
         raise ValueError("num_classes, depth and base_filters must be positive")
     inputs = keras.Input((None, None, input_channels), name="image")
     x = SizeCheck(2**depth, name="size_check")(inputs)
+    if sqrt_channels:
+        x = SqrtStretch(name="sqrt_stretch")(x)
     skips = []
     for level in range(depth):
         skip, x = encoder_block(x, base_filters * 2**level, dropout, fast_layers)

@@ -77,7 +77,7 @@ def _compiled_model(config: Config, strategy):
     channels, class_names = config.num_classes, config.extra["class_names"]
     with strategy.scope():
         model = build_unet(Preprocessor.for_config(config).channels, channels, config.base_filters, config.depth,
-                           config.dropout)
+                           config.dropout, sqrt_channels=config.sqrt_channels)
         averaging = {"use_ema": True, "ema_momentum": config.ema_momentum} if config.ema_momentum else {}
         model.compile(optimizer=keras.optimizers.Adam(config.learning_rate, **averaging),
                       loss=SegmentationLoss(channels, config.dice_weight, config.class_weights, config.ignore_label),
