@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import keras
-from keras import layers
+from keras import layers, ops
 
 
 @keras.saving.register_keras_serializable(package="unet")
@@ -112,8 +112,6 @@ class SqrtStretch(layers.Layer):
     function, so tiles and blocks see exactly what the whole image gives."""
 
     def call(self, inputs):
-        from keras import ops
-
         return ops.concatenate([inputs, ops.sqrt(ops.maximum(inputs, ops.zeros_like(inputs)))], axis=-1)
 
     def compute_output_shape(self, input_shape):
