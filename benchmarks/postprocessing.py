@@ -150,7 +150,7 @@ def nucleus_rows(truth: np.ndarray, labels: np.ndarray, model_input: np.ndarray)
     ids = np.unique(truth)
     ids = ids[ids > 0]
     areas = np.bincount(truth.ravel())[ids]
-    means = np.bincount(truth.ravel(), gray.ravel())[ids] / np.maximum(areas, 1)
+    means = np.bincount(truth.ravel(), gray.ravel())[ids] / areas
     contrast = np.abs(means - np.median(gray[truth == 0])) if (truth == 0).any() else np.abs(means)
     iou = iou_matrix(truth, labels)
     best = iou.max(axis=1) if iou.shape[1] else np.zeros(len(ids))
@@ -160,14 +160,16 @@ def nucleus_rows(truth: np.ndarray, labels: np.ndarray, model_input: np.ndarray)
 def unmatched_report(run_dir: Path, path: Path) -> str:
     """Share of the validation true nuclei matched (IoU > 0.5) at the run's tuned thresholds, by
     modality and contrast, and by area."""
+    from unet.config import Config
     from unet.data import load_from_config, split_for_training
     from unet.dataset import modality
     from unet.preprocess import Preprocessor
-    from unet.run import Run
+    from unet.run import CONFIG_FILE
+    from unet.tuning import apply_thresholds
 
-    run = Run.load(run_dir)
-    val_set = split_for_training(load_from_config(run.config, progress=False), run.config)[1]
-    preprocessor, config = Preprocessor.for_config(run.config), run.config
+    config = apply_thresholds(Config.load(run_dir / CONFIG_FILE), run_dir)  # the model is not needed here
+    val_set = split_for_training(load_from_config(config, progress=False), config)[1]
+    preprocessor = Preprocessor.for_config(config)
     rows, groups = [], []
     with np.load(path) as saved:
         for image_id, image in zip(val_set.ids, val_set.images):

@@ -389,6 +389,8 @@ def test_config_rejects_unknown_values_at_construction():
         Config(precision="bf16")
     with pytest.raises(ConfigError, match="depth"):
         Config(depth=0)
+    with pytest.raises(ConfigError, match="sqrt_channels: 'false' must be true or false"):
+        Config(sqrt_channels="false")  # a quoted JSON value would otherwise count as true
 
 
 def test_a_demo_notebook_that_fails_is_one_line_pointing_to_the_executed_copy(tmp_path, capsys, monkeypatch):

@@ -121,6 +121,9 @@ class Config:
 
     def validate(self) -> None:
         """Raise a ConfigError naming the first invalid field and what it may be."""
+        for item in dataclasses.fields(self):  # a JSON "false" string would otherwise count as true
+            if isinstance(item.default, bool) and not isinstance(getattr(self, item.name), bool):
+                raise ConfigError(item.name, f"{getattr(self, item.name)!r} must be true or false")
         for name, allowed in CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(name, f"{getattr(self, name)!r} is not one of {', '.join(allowed)}")

@@ -112,7 +112,7 @@ class SqrtStretch(layers.Layer):
     function, so tiles and blocks see exactly what the whole image gives."""
 
     def call(self, inputs):
-        return ops.concatenate([inputs, ops.sqrt(ops.maximum(inputs, ops.zeros_like(inputs)))], axis=-1)
+        return ops.concatenate([inputs, ops.sqrt(ops.relu(inputs))], axis=-1)
 
     def compute_output_shape(self, input_shape):
         channels = input_shape[-1]
