@@ -21,6 +21,8 @@ Nuclei are scored with the DSB2018 metric on the test folder; tissue with mean a
 on the test folder, or on the deterministic 80:20 validation split when there is none.
 ``--evaluate MODEL`` skips training and scores a saved project model with its run's config
 (``--set`` then changes inference settings such as ``tta`` or ``min_nucleus_area``).
+``--refit`` also scores the final model, the project's run trained again on its training and
+validation images (``python -m unet refit``), as "refit".
 """
 
 from __future__ import annotations
@@ -72,8 +74,19 @@ def score_saved(run, test_set) -> tuple[list, dict]:
     """Predictions of a saved project run on ``test_set`` (no training)."""
     from unet.study import score
 
-    return score(run, test_set)[0], {"epochs": 0, "train_seconds": 0.0, "run": run.config.run_name,
+    return score(run, test_set)[0], {"epochs": 0, "train_seconds": 0.0, "run": str(run.run_dir),
                                      "tta": run.config.tta}
+
+
+def run_refit(run, train_set, val_set, test_set) -> tuple[list, dict]:
+    """The project's final model: ``run``'s recipe trained again on its training and validation
+    images with the epochs, learning rates and thresholds it chose on validation (``unet refit``)."""
+    from unet.study import score
+    from unet.training import refit
+
+    final = refit(run, train_set, val_set)
+    return score(final, test_set)[0], {"epochs": len(final.history["loss"]), "train_seconds": final.seconds,
+                                       "run": str(final.run_dir), "trained_images": len(train_set) + len(val_set)}
 
 
 def starter_unet(channels: int, num_classes: int):
@@ -183,6 +196,9 @@ def main() -> None:
     parser.add_argument("--tune", action="store_true",
                         help="with --evaluate: first choose the run's thresholds on its validation images, as "
                              "training does (for a run whose tuning did not happen)")
+    parser.add_argument("--refit", action="store_true",
+                        help="also score the final model: the project's run trained again on its training and "
+                             "validation images (unet refit); its time adds to the run's")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="change a setting of the project's config (repeatable), e.g. contact_width=2")
     parser.add_argument("--starter-schedule", default="kaggle", choices=["kaggle", "budget"],
@@ -220,7 +236,12 @@ def main() -> None:
 
     results = {"date": time.strftime("%Y-%m-%d"), "environment": environment(), "command": " ".join(sys.argv),
                "budget_minutes": args.minutes, "kind": kind, "train": args.train, "test": args.test or "validation"}
-    for name in [args.only] if args.only else ["project", "starter"]:
+    names = [args.only] if args.only else ["project", "starter"]
+    if args.refit:
+        if "project" not in names:
+            raise SystemExit("--refit: refits the project's run; not with --only starter")
+        names.insert(names.index("project") + 1, "refit")
+    for name in names:
         start = time.perf_counter()
         if name == "project" and args.evaluate:
             saved = dataclasses.replace(saved, config=config)
@@ -231,6 +252,9 @@ def main() -> None:
             predictions, info = score_saved(saved, test_set)
         elif name == "project":
             predictions, info = run_project(config, train_set, val_set, test_set, seconds)
+        elif name == "refit":
+            base = saved if args.evaluate else Run.load(results["project"]["run"])
+            predictions, info = run_refit(base, train_set, val_set, test_set)
         else:
             predictions, info = run_starter(kind, dataset.num_classes, fit_set, test_set, seconds, args.seed,
                                             args.starter_schedule)

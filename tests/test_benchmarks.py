@@ -46,15 +46,19 @@ def test_accuracy_benchmark_scores_both_recipes(tmp_path):
     assert changed <= {"data_dir", "npy_dir", "stray", "image_size", "max_minutes", "logs_dir", "run_name", "contact_width",
                        "num_classes", "extra"}, changed
 
-    # --evaluate scores the saved model again without training: the same predictions, the same score
+    # --evaluate scores the saved model again without training: the same predictions, the same score;
+    # --refit then trains the final model on the training and validation images and scores it too
     again = tmp_path / "again.json"
     _run(BENCHMARKS / "accuracy.py", "--train", tmp_path / "data" / "dsb2018" / "stage1_train",
          "--test", tmp_path / "data" / "dsb2018" / "stage1_test", "--json", again,
-         "--evaluate", Path(results["project"]["run"]) / "best.keras")
+         "--evaluate", Path(results["project"]["run"]) / "best.keras", "--refit")
     rescored = json.loads(again.read_text())
     assert "starter" not in rescored and rescored["project"]["epochs"] == 0
     assert rescored["project"]["map"] == results["project"]["map"]
     assert rescored["project"]["predicted_nuclei"] == results["project"]["predicted_nuclei"]
+    best_epoch = json.loads((Path(results["project"]["run"]) / "best.json").read_text())["epoch"]
+    assert rescored["refit"]["trained_images"] == 4 and rescored["refit"]["epochs"] == best_epoch
+    assert rescored["refit"]["run"] == results["project"]["run"] + "-all" and 0 <= rescored["refit"]["map"] <= 1
 
     # the inference-scale probe: at scale 1 it re-tunes the run's (already tuned) thresholds on the same
     # validation images, so it keeps them and scores the test images as the benchmark did

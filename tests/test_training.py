@@ -246,3 +246,49 @@ def test_nucleus_diameter_trains_on_rescaled_images_and_predicts_at_native_size(
     loaded = Run.load(run.run_dir)
     image = np.asarray(val_set.images[0])
     assert loaded.config.nucleus_diameter == 14.0 and loaded.predict(image)[1].shape == image.shape[:2]
+
+
+def test_a_refit_trains_on_every_image_with_the_runs_epochs_learning_rates_and_thresholds(sample, tmp_path,
+                                                                                          monkeypatch):
+    import unet.pipeline
+    from unet.cli import main
+    from unet.data import load_from_config, split_for_training
+
+    config = tiny_config(tmp_path, epochs=3, steps_per_epoch=2, lr_schedule="cosine", data_dir=str(sample / "dsb2018"),
+                         npy_dir=str(tmp_path / "npy"), val_fraction=0.34)
+    train_set, val_set = split_for_training(load_from_config(config, progress=False), config)
+    run = train(config, train_set, val_set, verbose=0)
+    (run.run_dir / "best.json").write_text(json.dumps({"epoch": 2, "monitor": "val_loss", "value": 0.5}))
+    seen = []
+    original = unet.pipeline.make_train_dataset
+    monkeypatch.setattr(unet.pipeline, "make_train_dataset", lambda images, *rest: seen.append(len(images)) or
+                        original(images, *rest))
+    assert main(["refit", str(run.run_dir)]) == 0
+    final = Run.load(run.run_dir.parent / "tiny-all")
+    assert seen == [len(train_set) + len(val_set)]  # training and validation images, nothing held out
+    history = read_history(final.run_dir / "history.csv")
+    np.testing.assert_allclose(history["learning_rate"], run.history["learning_rate"][:2], rtol=1e-6)
+    assert "val_loss" not in history  # nothing is chosen on images it trains on
+    summary = json.loads((final.run_dir / "summary.json").read_text())
+    assert summary["epochs"] == 2 and summary["steps_per_epoch"] == 2
+    assert Config.load(final.run_dir / "config.json").extra["refit_of"] == "tiny"
+    tuned = json.loads((final.run_dir / "thresholds.json").read_text())
+    assert tuned["refit_of"] == "tiny"
+    assert [getattr(final.config, key) for key in ("seed_threshold", "foreground_threshold", "min_nucleus_area")] == \
+        [getattr(Run.load(run.run_dir).config, key) for key in ("seed_threshold", "foreground_threshold",
+                                                                "min_nucleus_area")]
+    last = keras.saving.load_model(final.run_dir / "last.keras", compile=False)
+    assert all(np.array_equal(a, b) for a, b in zip(final.model.get_weights(), last.get_weights()))  # the last epoch
+    assert main(["refit", str(run.run_dir)]) == 1  # a finished refit is not overwritten
+
+
+def test_a_refit_of_an_unfinished_run_names_what_is_missing(sample, tmp_path, capsys):
+    from unet.cli import main
+
+    data = decode_dataset(sample / "dsb2018", progress=False)
+    train_set, val_set = data.split(0.34, seed=0)
+    run = train(tiny_config(tmp_path, epochs=1, tune_thresholds=False), train_set, val_set, verbose=0)
+    (run.run_dir / "summary.json").unlink()
+    assert main(["refit", str(run.run_dir), "--data", str(sample / "dsb2018")]) == 1
+    assert f"{run.run_dir}: not a finished run to refit" in capsys.readouterr().err
+    assert not (run.run_dir.parent / "tiny-all").exists()

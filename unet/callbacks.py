@@ -73,29 +73,30 @@ class AveragedValidation(keras.callbacks.Callback):
 
 
 class Checkpoints(keras.callbacks.Callback):
-    """``last.keras`` after every epoch; ``best.keras`` when the monitored value improves; with
+    """``last.keras`` after every epoch; ``best.keras`` when the monitored value improves, or
+    after every epoch with ``monitor=None`` (a refit, whose epochs were chosen beforehand); with
     ``ema_momentum``, both hold the moving average of the weights.
 
     The best value so far is kept in ``best.json`` beside the model, so a resumed run only
     replaces ``best.keras`` with a better model, never with the first epoch after the restart.
     """
 
-    def __init__(self, run_dir: Path, monitor: str = "val_loss"):
+    def __init__(self, run_dir: Path, monitor: str | None = "val_loss"):
         super().__init__()
         self.run_dir, self.monitor = Path(run_dir), monitor
 
     def on_train_begin(self, logs=None):
         record = self.run_dir / "best.json"
-        self.best = json.loads(record.read_text())["value"] if record.is_file() else math.inf
+        self.best = json.loads(record.read_text())["value"] if record.is_file() and self.monitor else math.inf
 
     def on_epoch_end(self, epoch, logs=None):
         self._save(self.run_dir / "last.keras")
-        value = (logs or {}).get(self.monitor)
-        if value is not None and value < self.best:
-            self.best = float(value)
+        value = (logs or {}).get(self.monitor) if self.monitor else None
+        if self.monitor is None or (value is not None and value < self.best):
+            self.best = math.inf if value is None else float(value)
             self._save(self.run_dir / "best.keras")
-            write_text_atomic(self.run_dir / "best.json",
-                              json.dumps({"epoch": epoch + 1, "monitor": self.monitor, "value": self.best}) + "\n")
+            record = {"epoch": epoch + 1, "monitor": self.monitor, "value": None if value is None else self.best}
+            write_text_atomic(self.run_dir / "best.json", json.dumps(record) + "\n")
 
     def _save(self, path: Path) -> None:
         with atomic_path(path) as tmp, averaged_weights(self.model):

@@ -1,4 +1,4 @@
-"""Command line: ``python -m unet {sample,check,train,predict,evaluate} ...``."""
+"""Command line: ``python -m unet {sample,check,train,refit,predict,evaluate,demo} ...``."""
 
 from __future__ import annotations
 
@@ -76,6 +76,22 @@ def _train(args) -> int:
     plot_curves(run.history, run.run_dir / "curves.png")
     print(f"run folder: {run.run_dir} (best.keras, last.keras, config.json, history.csv, curves.png, training.gif)")
     print(f"view it: {run.tensorboard_command}")
+    return 0
+
+
+def _refit(args) -> int:
+    from .data import load_from_config, split_for_training
+    from .run import Run
+    from .training import refit, validated_schedule
+
+    run = Run.load(args.run_dir)
+    changes = {k: v for k, v in (("data_dir", args.data_dir), ("steps_per_epoch", args.steps_per_epoch)) if v}
+    run = run.with_settings(**changes)
+    validated_schedule(run)  # a run that cannot be refitted fails here, before its data loads
+    train_set, val_set = split_for_training(load_from_config(run.config), run.config)
+    final = refit(run, train_set, val_set)
+    print(f"run folder: {final.run_dir} ({len(train_set) + len(val_set)} images, {len(final.history['loss'])} "
+          f"epochs, thresholds of {run.run_dir.name}); predict with --model {final.run_dir}")
     return 0
 
 
@@ -253,6 +269,13 @@ def build_parser() -> argparse.ArgumentParser:
     training.add_argument("--data", dest="data_dir", help="dataset folder (DSB2018 root or stage1_train, or "
                           "an images/ + masks/ folder)")
     training.set_defaults(run=_train)
+
+    refitting = commands.add_parser("refit", help="train a finished run's recipe again on all its images "
+                                    "(training + validation), with its epochs, learning rates and thresholds")
+    refitting.add_argument("run_dir", metavar="RUN", type=Path, help="a finished run folder (logs/<run>)")
+    refitting.add_argument("--data", dest="data_dir", help="its dataset folder, when moved (default: the run's)")
+    refitting.add_argument("--steps-per-epoch", type=int, help="for a run from before 2026-12-03: its steps/epoch")
+    refitting.set_defaults(run=_refit)
 
     _add_predict_command(commands)
 

@@ -42,6 +42,13 @@ class Dataset:
         return Dataset(self.kind, pick(self.ids), pick(self.images), pick(self.masks),
                        pick(self.instances), self.class_names, self.palette, self.source, self.report)
 
+    def joined(self, other: "Dataset") -> "Dataset":
+        """These images followed by ``other``'s (the same task and classes)."""
+        both = lambda mine, theirs: None if mine is None or theirs is None else [*mine, *theirs]  # noqa: E731
+        return Dataset(self.kind, self.ids + other.ids, self.images + other.images, both(self.masks, other.masks),
+                       both(self.instances, other.instances), self.class_names, self.palette, self.source,
+                       self.report)
+
     def split(self, val_fraction: float = 0.2, seed: int = 42) -> tuple["Dataset", "Dataset"]:
         """Deterministic train/validation split: a seeded permutation of the sorted ids."""
         order = np.random.default_rng(seed).permutation(len(self))
