@@ -249,7 +249,7 @@ def test_nucleus_diameter_trains_on_rescaled_images_and_predicts_at_native_size(
 
 
 def test_a_refit_trains_on_every_image_with_the_runs_epochs_learning_rates_and_thresholds(sample, tmp_path,
-                                                                                          monkeypatch):
+                                                                                          monkeypatch, capsys):
     import unet.pipeline
     from unet.cli import main
     from unet.data import load_from_config, split_for_training
@@ -280,6 +280,8 @@ def test_a_refit_trains_on_every_image_with_the_runs_epochs_learning_rates_and_t
     last = keras.saving.load_model(final.run_dir / "last.keras", compile=False)
     assert all(np.array_equal(a, b) for a, b in zip(final.model.get_weights(), last.get_weights()))  # the last epoch
     assert main(["refit", str(run.run_dir)]) == 1  # a finished refit is not overwritten
+    assert main(["refit", str(final.run_dir)]) == 1  # nor refitted again
+    assert "already the refit of tiny" in capsys.readouterr().err
 
 
 def test_a_refit_of_an_unfinished_run_names_what_is_missing(sample, tmp_path, capsys):

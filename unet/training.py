@@ -88,6 +88,8 @@ def validated_schedule(run: Run) -> tuple[int, list[float]]:
     """(steps per epoch, the learning rate of each epoch up to the best checkpoint) of a finished
     run; for a run from before summary.json recorded its steps, its config's ``steps_per_epoch``."""
     run_dir = run.run_dir
+    if run.config.extra.get("refit_of"):
+        raise DataError(f"{run_dir}: already the refit of {run.config.extra['refit_of']}; refit that run instead")
     try:
         summary = json.loads((run_dir / SUMMARY_FILE).read_text())
         best_epoch = int(json.loads((run_dir / "best.json").read_text())["epoch"])
