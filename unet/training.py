@@ -62,15 +62,17 @@ def refit(run: Run, train_set: Dataset, val_set: Dataset, verbose: int = 2) -> R
 
     Everything is what the run chose on validation: its settings, its steps per epoch, as many
     epochs as its best checkpoint had (``best.json``), the learning rate it used in each of them
-    (``history.csv``), and its thresholds (``thresholds.json``, copied). Nothing is chosen here,
-    since no image is left to choose on: the last epoch is the model. The folder is the run's
-    name with ``-all`` (``logs/<run>-all/``); an interrupted refit resumes, as training does.
+    (``history.csv``; with ``lr_schedule='cosine'``, each epoch's last rate), and its thresholds
+    (``thresholds.json``, copied). Nothing is chosen here, since no image is left to choose on:
+    the last epoch is the model, and no time budget cuts it short (the epochs were counted on the
+    run). The folder is the run's name with ``-all`` (``logs/<run>-all/``); an interrupted refit
+    resumes, as training does.
     """
     from .tuning import THRESHOLDS_FILE, apply_thresholds
 
     steps, rates = validated_schedule(run)
     config = run.config.replace(run_name=f"{run.run_dir.name}-all", epochs=len(rates), steps_per_epoch=steps,
-                                logs_dir=str(run.run_dir.parent),
+                                max_minutes=0.0, logs_dir=str(run.run_dir.parent),
                                 extra={**run.config.extra, "refit_of": run.run_dir.name})
     run_dir = run_folder(config)
     precision = resolve_precision(config.precision)
