@@ -40,7 +40,8 @@ def test_tissue_blocks_give_the_in_memory_probabilities_and_classes():
     predictor = BlockPredictor(model, config, image)
     for window in block_windows(300, 420, 100):  # block borders fall across tiles and inside the padding
         y0, y1, x0, x1 = window
-        np.testing.assert_array_equal(predictor.probabilities(window), whole[y0:y1, x0:x1])
+        # the same tiles and blending; only the batches differ, which moves a float by an ulp on some CPUs
+        np.testing.assert_allclose(predictor.probabilities(window), whole[y0:y1, x0:x1], rtol=0, atol=1e-6)
     import dask.array as da
 
     labels, _ = predict_blockwise(model, config, da.from_array(image, chunks=(128, 128, 3)), block_size=128)
@@ -253,6 +254,6 @@ def test_tissue_classes_and_probabilities_of_a_large_image_equal_in_memory(tmp_p
     assert summary["nuclei"] is None and summary["blocks"] == 4
     np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "out.zarr" / "0"), mode="r")[:], labels)
     stored = zarr.open_array(str(tmp_path / "out.zarr" / "probabilities"), mode="r")[:]
-    np.testing.assert_array_equal(stored, probabilities.astype(np.float16))
+    np.testing.assert_allclose(stored, probabilities.astype(np.float16), rtol=0, atol=5e-4)  # a float16 step at most
     colors = zarr.open_group(str(tmp_path / "out.zarr"), mode="r").attrs["image-label"]["colors"]
     assert colors[1] == {"label-value": 1, "rgba": [230, 25, 75, 255]}
