@@ -85,9 +85,11 @@ def train_project(base: int, images, instances, steps: int, epochs: int) -> dict
     from unet.config import Config
     from unet.losses import SegmentationLoss, make_metrics
     from unet.model import build_unet
-    from unet.device import precision_policy, resolve_precision
+    from unet.device import keep_freed_memory, precision_policy, resolve_precision
     from unet.nuclei import boundary_target
     from unet.pipeline import make_train_dataset, prepare_arrays
+
+    keep_freed_memory()  # as training does
 
     config = Config(image_size=256, batch_size=8, base_filters=base, steps_per_epoch=steps, epochs=epochs,
                     color_mode="rgb")  # 3 input channels, as the baseline

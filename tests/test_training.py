@@ -1,4 +1,5 @@
 import json
+import platform
 import subprocess
 import sys
 import textwrap
@@ -296,3 +297,35 @@ def test_a_refit_of_an_unfinished_run_names_what_is_missing(sample, tmp_path, ca
     assert main(["refit", str(run.run_dir), "--data", str(sample / "dsb2018")]) == 1
     assert f"{run.run_dir}: not a finished run to refit" in capsys.readouterr().err
     assert not (run.run_dir.parent / "tiny-all").exists()
+
+
+MAPPED_CHUNKS = textwrap.dedent("""
+    import ctypes
+    import numpy as np
+    from unet.device import keep_freed_memory
+
+    class MallocInfo(ctypes.Structure):
+        _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd",
+                                                          "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+    libc = ctypes.CDLL("libc.so.6")
+    libc.mallinfo2.restype = MallocInfo
+
+    def new_mappings_for(megabytes):
+        before = libc.mallinfo2().hblks
+        buffer = np.empty(megabytes << 20, np.uint8)  # an activation's size at base 16, float32
+        return libc.mallinfo2().hblks - before
+
+    print(new_mappings_for(40), keep_freed_memory(), new_mappings_for(40))
+""")
+
+
+@pytest.mark.skipif(sys.platform != "linux" or platform.libc_ver()[0] != "glibc",
+                    reason="glibc's malloc only")
+def test_training_reuses_freed_memory_instead_of_mapping_each_large_buffer_anew():
+    from conftest import REPOSITORY
+
+    result = subprocess.run([sys.executable, "-c", MAPPED_CHUNKS], capture_output=True, text=True, timeout=60,
+                            cwd=REPOSITORY)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split() == ["1", "True", "0"]  # a new mapping before, none after

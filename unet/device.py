@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import platform
 from pathlib import Path
@@ -45,6 +46,26 @@ def make_strategy(setting: str = "auto"):
         devices = [d.name for d in gpus] or [d.name for d in tf.config.list_logical_devices("CPU")]
         return tf.distribute.MirroredStrategy(devices)
     return tf.distribute.get_strategy()
+
+
+def keep_freed_memory() -> bool:
+    """Let glibc's malloc keep freed memory for the next allocation instead of unmapping it.
+
+    TensorFlow on a CPU takes each activation and gradient from malloc; glibc serves the large
+    ones (above its mmap threshold, at most 32 MB) with a new mapping and unmaps it when freed,
+    so every training step faults its buffers in again, page by page, in the kernel. With
+    mappings off and trimming rare, the process reuses its heap. Linux with glibc only (elsewhere
+    nothing changes); returns whether it applied. Measured in ``benchmarks/RESULTS.md``.
+    """
+    if platform.system() != "Linux":
+        return False
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):  # not glibc (musl, ...)
+        return False
+    m_trim_threshold, m_top_pad, m_mmap_max, m_arena_max = -1, -2, -4, -8  # <malloc.h>
+    settings = ((m_mmap_max, 0), (m_trim_threshold, 1 << 30), (m_top_pad, 64 << 20), (m_arena_max, 2))
+    return all(mallopt(option, value) == 1 for option, value in settings)
 
 
 @contextlib.contextmanager

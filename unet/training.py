@@ -18,7 +18,7 @@ import numpy as np
 
 from .config import Config
 from .data import Dataset
-from .device import environment, make_strategy, precision_policy, resolve_precision, resolve_xla
+from .device import environment, keep_freed_memory, make_strategy, precision_policy, resolve_precision, resolve_xla
 from .io import DataError, write_text_atomic
 from .preprocess import Preprocessor
 from .run import HISTORY_FILE, MODEL_FILE, SUMMARY_FILE, Run, read_history, run_folder, run_lock
@@ -150,6 +150,7 @@ def _fit(config: Config, train_set: Dataset, val_set: Dataset, precision: str, v
 
     run_dir = Path(config.logs_dir) / config.run_name
     keras.utils.set_random_seed(config.seed)
+    keep_freed_memory()
     strategy = make_strategy(config.strategy)
     replicas = strategy.num_replicas_in_sync
     config = resolved_config(config, train_set, replicas, precision)
